@@ -1,0 +1,1 @@
+"""Class specs, image and label I/O, and image sources (folders and pair-lists)."""

@@ -1,0 +1,130 @@
+"""Evaluate a folder of pseudo-label PNGs against a dataset's ground truth.
+
+Per-image problems (missing prediction, missing/unreadable gt, size mismatch)
+are collected as error records instead of aborting, so one bad file does not
+throw away an evaluation over thousands of images. A label stored as RGB is a
+dataset-level mistake (colour-coded masks instead of indices) and is raised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from zsplg import IGNORE_INDEX
+from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions, write_confusion_csv
+
+_COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"}
+
+
+class SampleLike(Protocol):
+    """What evaluate_folder needs from a dataset sample (duck-typed)."""
+
+    @property
+    def image(self) -> Path: ...
+
+    @property
+    def label(self) -> Path | None: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+class LabelFormatError(ValueError):
+    """A label/prediction file is not a single-channel index map."""
+
+
+def read_index_map(path: Path, what: str = "label") -> np.ndarray:
+    """Read a PNG as an (H, W) class-index array; palette images yield their indices."""
+    with Image.open(path) as im:
+        if im.mode in _COLOUR_MODES:
+            raise LabelFormatError(
+                f"{what} {path} has image mode {im.mode}; expected a single-channel index map "
+                f"(mode P or L). Colour-coded masks must be converted to class indices first."
+            )
+        arr = np.array(im)
+    if arr.ndim != 2:
+        raise LabelFormatError(f"{what} {path} decoded to shape {arr.shape}, expected (H, W)")
+    return arr
+
+
+def evaluate_folder(
+    pred_dir: Path,
+    samples: Sequence[SampleLike],
+    class_names: list[str],
+    ignore_index: int = IGNORE_INDEX,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], ConfusionMatrix, list[dict[str, str]]]:
+    """Score ``pred_dir/<key>.png`` against each labelled sample's gt.
+
+    Samples without a label are skipped silently. ``progress(done, total)`` is
+    called after every sample if given. Returns (metrics, matrix, errors); the
+    metrics gain "images_evaluated", "images_failed" and "top_confusions".
+    """
+    pred_dir = Path(pred_dir)
+    cm = ConfusionMatrix(len(class_names), ignore_index=ignore_index)
+    errors: list[dict[str, str]] = []
+    evaluated = 0
+    total = len(samples)
+
+    def fail(key: str, path: Path, msg: str) -> None:
+        errors.append({"key": key, "path": str(path), "error": msg})
+
+    for done, sample in enumerate(samples, start=1):
+        try:
+            if sample.label is None:
+                continue
+            gt_path = Path(sample.label)
+            pred_path = pred_dir / f"{sample.key}.png"
+            if not gt_path.is_file():
+                fail(sample.key, gt_path, "ground-truth file not found")
+                continue
+            if not pred_path.is_file():
+                fail(sample.key, pred_path, "prediction file not found")
+                continue
+            try:
+                gt = read_index_map(gt_path, "label")
+            except OSError as e:  # includes PIL.UnidentifiedImageError
+                fail(sample.key, gt_path, f"cannot read ground truth: {e}")
+                continue
+            try:
+                pred = read_index_map(pred_path, "prediction")
+            except OSError as e:
+                fail(sample.key, pred_path, f"cannot read prediction: {e}")
+                continue
+            if pred.shape != gt.shape:
+                fail(
+                    sample.key,
+                    pred_path,
+                    f"size mismatch: prediction {pred.shape} vs ground truth {gt.shape}",
+                )
+                continue
+            cm.update(pred, gt)
+            evaluated += 1
+        finally:
+            if progress is not None:
+                progress(done, total)
+
+    metrics = compute_metrics(cm, class_names)
+    metrics["images_evaluated"] = evaluated
+    metrics["images_failed"] = len(errors)
+    metrics["top_confusions"] = top_confusions(cm, class_names)
+    return metrics, cm, errors
+
+
+def write_eval_outputs(
+    out_json: Path, metrics: dict[str, Any], cm: ConfusionMatrix, class_names: list[str]
+) -> None:
+    """Write metrics JSON and ``<stem>_confusion.csv`` beside it, for later audits."""
+    out_json = Path(out_json)
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    with out_json.open("w", encoding="utf-8") as f:
+        # allow_nan=False: a NaN here would be invalid JSON, so fail loudly instead.
+        json.dump(metrics, f, indent=2, allow_nan=False)
+        f.write("\n")
+    write_confusion_csv(out_json.with_name(f"{out_json.stem}_confusion.csv"), cm, class_names)

