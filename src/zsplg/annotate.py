@@ -17,7 +17,9 @@ import torch.nn.functional as F  # noqa: N812
 
 from zsplg import IGNORE_INDEX
 from zsplg.masks.base import MaskProposals
+from zsplg.vl.base import DenseVisionLanguageModel
 
+_MASK_CHUNK = 64
 OVERLAP_POLICIES = ("small-on-top", "large-on-top", "confidence", "average")
 UNCOVERED_POLICIES = ("ignore", "background")
 
@@ -26,18 +28,18 @@ UNCOVERED_POLICIES = ("ignore", "background")
 class AnnotatorConfig:
     """How scores become labels.
 
-    background_threshold: cosine similarity a mask's best class must exceed,
-        else it is background (or ignore when the spec has no background).
-        It acts as the score of an implicit background class, which is also
-        how confidences account for it.
-    temperature: softmax temperature over [background, classes...] cosine
-        scores; only shapes the confidence map and the "average" policy.
+    background_threshold: the text similarity a visual concept must beat to
+        count as a class, else it is background (or ignore when the spec has
+        no background). None: the backend's default (its similarity scale is
+        its own: CLIP cosines are not MiniLM cosines).
+    temperature: softmax temperature over [background, classes...]
+        similarities; None: the backend's default.
     overlap: which mask decides a pixel covered by several masks.
     uncovered: what a pixel no mask covers becomes.
     """
 
-    background_threshold: float = 0.5
-    temperature: float = 0.03
+    background_threshold: float | None = None
+    temperature: float | None = None
     overlap: str = "small-on-top"
     uncovered: str = "ignore"
 
@@ -47,7 +49,7 @@ class AnnotatorConfig:
         if self.uncovered not in UNCOVERED_POLICIES:
             raise ValueError(f"uncovered must be one of {UNCOVERED_POLICIES}, "
                              f"got {self.uncovered!r}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ValueError("temperature must be positive")
 
     def to_dict(self) -> dict:
@@ -72,7 +74,7 @@ def _linear_upsampling_matrix(coarse: int, fine: int) -> torch.Tensor:
     return F.interpolate(eye, size=fine, mode="linear", align_corners=False)[0].T.contiguous()
 
 
-def pool_masks(features: torch.Tensor, masks: np.ndarray | torch.Tensor) -> torch.Tensor:
+def pool_masks(features: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
     """Mean feature inside each mask, as if the map were upsampled to image size.
 
     features: (D, h, w); masks: bool (N, H, W). Returns (N, D).
@@ -83,59 +85,71 @@ def pool_masks(features: torch.Tensor, masks: np.ndarray | torch.Tensor) -> torc
     matrix product.
     """
     d, h, w = features.shape
-    m = torch.as_tensor(masks, dtype=torch.float32)
-    n, height, width = m.shape
+    n, height, width = masks.shape
     if n == 0:
-        return features.new_zeros((0, d))
+        return features.new_zeros((0, d)).float().cpu()
     uy = _linear_upsampling_matrix(h, height)  # (H, h)
     ux = _linear_upsampling_matrix(w, width)  # (W, w)
-    coarse = (m.reshape(n * height, width) @ ux).reshape(n, height, w)
-    coarse = torch.einsum("Hh,nHw->nhw", uy, coarse)  # (N, h, w) soft mask weights
-    area = m.reshape(n, -1).sum(dim=1).clamp_min(1.0)
-    pooled = coarse.reshape(n, h * w) @ features.reshape(d, h * w).T.float().cpu()
+    flat_features = features.reshape(d, h * w).T.float().cpu()
+    pooled, area = [], []
+    # Chunks bound the float copy of the masks (N x H x W) at 1024 px images.
+    for start in range(0, n, _MASK_CHUNK):
+        m = torch.as_tensor(masks[start:start + _MASK_CHUNK]).float()
+        k = m.shape[0]
+        coarse = (m.reshape(k * height, width) @ ux).reshape(k, height, w)
+        coarse = torch.einsum("Hh,nHw->nhw", uy, coarse)  # (k, h, w) soft mask weights
+        pooled.append(coarse.reshape(k, h * w) @ flat_features)
+        area.append(m.reshape(k, -1).sum(dim=1).clamp_min(1.0))
+    pooled, area = torch.cat(pooled), torch.cat(area)
     return pooled / area[:, None]
-
-
-def class_probabilities(similarity: torch.Tensor, threshold: float,
-                        temperature: float) -> torch.Tensor:
-    """(N, C) cosine scores -> (N, C + 1) probabilities, column 0 = background.
-
-    Background is an implicit class whose score is the threshold, so "best
-    score below the threshold" and "argmax is background" are the same rule.
-    """
-    background = similarity.new_full((similarity.shape[0], 1), threshold)
-    return torch.cat([background, similarity], dim=1).div(temperature).softmax(dim=1)
 
 
 class Annotator:
     """Names masks with a dense vision-language model and paints a label map.
 
-    class_ids: the spec ids the text embeddings stand for (every class except
+    text_embeddings: one vector per class id in class_ids (every class except
     background); background_id: the spec's background id or None.
     """
 
-    def __init__(self, text_embeddings: torch.Tensor, class_ids: list[int],
-                 background_id: int | None, config: AnnotatorConfig | None = None) -> None:
+    def __init__(self, model: DenseVisionLanguageModel, text_embeddings: torch.Tensor,
+                 class_ids: list[int], background_id: int | None,
+                 config: AnnotatorConfig | None = None) -> None:
         if text_embeddings.shape[0] != len(class_ids):
             raise ValueError("one text embedding per class id is required")
+        self.model = model
         self.text_embeddings = F.normalize(text_embeddings.float(), dim=-1)
         self.class_ids = np.asarray(class_ids, dtype=np.int64)
         self.background_id = background_id
         self.config = config or AnnotatorConfig()
+        self.threshold = (model.default_threshold if self.config.background_threshold is None
+                          else self.config.background_threshold)
+        self.temperature = (model.default_temperature if self.config.temperature is None
+                            else self.config.temperature)
         fallback = IGNORE_INDEX if background_id is None else background_id
         # Column k of the probability matrix -> spec id (column 0 = background).
         self.column_to_id = np.concatenate([[fallback], self.class_ids]).astype(np.int64)
 
-    def score(self, text_vectors: torch.Tensor) -> torch.Tensor:
-        """(N, E) mask vectors in text space -> (N, C + 1) class probabilities."""
-        similarity = F.normalize(text_vectors.float(), dim=-1) @ self.text_embeddings.T
-        return class_probabilities(similarity, self.config.background_threshold,
-                                   self.config.temperature)
+    def resolved_config(self) -> dict:
+        return {**self.config.to_dict(), "background_threshold": self.threshold,
+                "temperature": self.temperature}
 
-    def annotate(self, proposals: MaskProposals, text_vectors: torch.Tensor) -> Annotation:
-        """Paint the label and confidence maps from per-mask text-space vectors."""
-        height, width = proposals.image_size
-        probs = self.score(text_vectors).numpy()
+    def annotate(self, proposals: MaskProposals, features: torch.Tensor) -> Annotation:
+        """Pool the (D, h, w) feature map inside every mask, name, and paint."""
+        pooled = pool_masks(features, proposals.masks)
+        return self.annotate_pooled(proposals, pooled)
+
+    def annotate_pooled(self, proposals: MaskProposals, pooled: torch.Tensor) -> Annotation:
+        """Name already-pooled (N, D) mask features and paint the maps."""
+        if len(proposals) == 0:
+            height, width = proposals.image_size
+            fill = (self.background_id if self.config.uncovered == "background"
+                    and self.background_id is not None else IGNORE_INDEX)
+            return Annotation(label=np.full((height, width), fill, dtype=np.uint8),
+                              confidence=np.zeros((height, width), dtype=np.float32),
+                              mask_classes=np.zeros(0, dtype=np.int64),
+                              mask_confidence=np.zeros(0, dtype=np.float32))
+        probs = self.model.class_probabilities(pooled, self.text_embeddings, self.threshold,
+                                               self.temperature).float().numpy()
         best = probs.argmax(axis=1)
         mask_classes = self.column_to_id[best]
         mask_confidence = probs.max(axis=1).astype(np.float32)
@@ -175,9 +189,13 @@ class Annotator:
     def _paint_average(self, proposals: MaskProposals, probs: np.ndarray):
         """Each pixel takes the mean class distribution of the masks covering it."""
         n, (height, width) = len(proposals), proposals.image_size
-        masks = torch.from_numpy(proposals.masks.reshape(n, -1)).float()
-        summed = torch.from_numpy(probs).float().T @ masks  # (C + 1, H * W)
-        counts = masks.sum(dim=0)
+        summed = torch.zeros((probs.shape[1], height * width))
+        counts = torch.zeros(height * width)
+        for start in range(0, n, _MASK_CHUNK):
+            chunk = proposals.masks[start:start + _MASK_CHUNK]
+            masks = torch.from_numpy(chunk.reshape(-1, height * width)).float()
+            summed += torch.from_numpy(probs[start:start + _MASK_CHUNK]).float().T @ masks
+            counts += masks.sum(dim=0)
         covered = (counts > 0).numpy().reshape(height, width)
         mean = summed / counts.clamp_min(1.0)
         confidence, column = mean.max(dim=0)

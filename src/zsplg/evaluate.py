@@ -128,3 +128,43 @@ def write_eval_outputs(
         json.dump(metrics, f, indent=2, allow_nan=False)
         f.write("\n")
     write_confusion_csv(out_json.with_name(f"{out_json.stem}_confusion.csv"), cm, class_names)
+
+
+def default_json_path(pred_dir: Path) -> Path:
+    """OUT/eval.json for a `zsplg label` folder (OUT/labels), else PRED/eval.json."""
+    pred_dir = Path(pred_dir)
+    return pred_dir.parent / "eval.json" if pred_dir.name == "labels" else pred_dir / "eval.json"
+
+
+def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
+                           json_path: Path | None = None, console=None) -> tuple[dict, Path]:
+    """The `zsplg eval` command: evaluate, print the table, write JSON + CSV."""
+    from rich.console import Console
+
+    from zsplg.data.classes import load_class_spec
+    from zsplg.data.errors import InputError
+    from zsplg.data.sources import read_pair_list
+    from zsplg.metrics import format_table
+    from zsplg.progress import make_progress
+
+    console = console or Console(stderr=True)
+    spec = load_class_spec(classes)
+    samples = read_pair_list(pair_list)
+    if not Path(pred_dir).is_dir():
+        raise InputError(str(pred_dir), "predictions folder not found")
+    if not any(s.label for s in samples):
+        raise InputError(str(pair_list), "no line names a ground-truth label")
+    with make_progress(console) as progress:
+        task = progress.add_task("eval", total=len(samples))
+        metrics, cm, errors = evaluate_folder(
+            Path(pred_dir), samples, spec.names, spec.ignore_index,
+            progress=lambda done, total: progress.update(task, completed=done))
+    for error in errors[:10]:
+        console.print(f"[yellow]skipped[/] {error['path']}: {error['error']}")
+    if len(errors) > 10:
+        console.print(f"[yellow]... and {len(errors) - 10} more (see the JSON)[/]")
+    metrics["errors"] = errors
+    console.print(format_table(metrics))
+    json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
+    write_eval_outputs(json_path, metrics, cm, spec.names)
+    return metrics, json_path

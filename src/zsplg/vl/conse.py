@@ -7,6 +7,15 @@ EfficientNet-Lite applied densely (features of every location; the classifier
 is linear, so classifying a mask's pooled features equals averaging its
 locations' logits) and the text space is MiniLM's. It stands in for CLIP where
 CLIP weights cannot be had, behind the same interface.
+
+Scoring ("label transfer"): rather than mixing label embeddings and
+thresholding the cosine of the mixture, each ImageNet label is first assigned
+softly to the user's classes or to background (its similarity must beat the
+threshold), and a region's class probability is the expected assignment under
+its ImageNet distribution. Mixtures of unrelated labels (most background
+regions: "patio", "lakeside", "window screen") no longer look similar to
+everything. On voc2012-mini train (30 images, lite0 at 448 px) this raised
+mIoU from 20 (thresholded ConSE cosine, best threshold) to 34.
 """
 
 from __future__ import annotations
@@ -16,10 +25,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from timm.data import ImageNetInfo
 
+from zsplg.vl.base import thresholded_softmax
 from zsplg.vl.efficientnet_lite import MEAN, STD, build_efficientnet_lite
 from zsplg.vl.text_encoder import MiniLMTextEncoder
 
 IMAGENET_TEMPLATE = "a photo of a {}."
+SCORINGS = ("transfer", "mixture")
 
 
 def imagenet_label_sentences(style: str = "lemmas") -> list[str]:
@@ -39,10 +50,15 @@ def imagenet_label_sentences(style: str = "lemmas") -> list[str]:
 
 class ConSEBackend:
     name = "conse"
+    default_threshold = 0.4
+    default_temperature = 0.01
 
     def __init__(self, variant: str = "efficientnet-lite0", input_size: int = 448,
-                 top_t: int = 10, label_style: str = "lemmas", device: str = "cpu",
-                 weights: str | None = "packaged") -> None:
+                 top_t: int = 10, label_style: str = "gloss", scoring: str = "transfer",
+                 device: str = "cpu", weights: str | None = "packaged") -> None:
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        self.scoring = scoring
         self.variant = variant
         self.input_size = input_size
         self.top_t = top_t
@@ -56,7 +72,7 @@ class ConSEBackend:
 
     def config(self) -> dict:
         return {"name": self.name, "variant": self.variant, "input_size": self.input_size,
-                "top_t": self.top_t, "label_style": self.label_style,
+                "top_t": self.top_t, "label_style": self.label_style, "scoring": self.scoring,
                 "text_model": self.text_encoder.name}
 
     def _network_size(self, height: int, width: int) -> tuple[int, int]:
@@ -66,7 +82,7 @@ class ConSEBackend:
 
     @torch.no_grad()
     def encode_image(self, image: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+        x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).to(self.device)
         x = x.permute(2, 0, 1).float().div_(255)
         x = F.interpolate(x[None], size=self._network_size(*image.shape[:2]), mode="bilinear",
                           antialias=True, align_corners=False)
@@ -74,7 +90,19 @@ class ConSEBackend:
         return self.model.forward_features(x)[0]
 
     @torch.no_grad()
+    def class_probabilities(self, pooled: torch.Tensor, text: torch.Tensor, threshold: float,
+                            temperature: float) -> torch.Tensor:
+        if self.scoring == "mixture":
+            similarity = self.to_text_space(pooled) @ text.T
+            return thresholded_softmax(similarity, threshold, temperature)
+        imagenet = self.model.classifier(pooled.to(self.device)).softmax(dim=-1).cpu()
+        transfer = thresholded_softmax(self.label_vectors @ text.T, threshold, temperature)
+        return imagenet @ transfer
+
+    @torch.no_grad()
     def to_text_space(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Classic ConSE embedding: the top-T labels' vectors mixed by probability
+        (scoring="mixture", kept as the reference the benchmark compares with)."""
         probs = self.model.classifier(pooled.to(self.device)).softmax(dim=-1).cpu()
         top = probs.topk(self.top_t, dim=-1)
         weights = top.values / top.values.sum(dim=-1, keepdim=True)

