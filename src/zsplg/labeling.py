@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
+from rich.markup import escape
 
 from zsplg import IGNORE_INDEX, __version__
 from zsplg.annotate import Annotator, AnnotatorConfig
@@ -181,7 +182,7 @@ def run_label(config: LabelConfig, console: Console | None = None) -> dict:
     check_resume(out, config)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / ERRORS_FILE).touch()
+        (out / ERRORS_FILE).write_text("")  # this run's failures only; retried on resume
     except OSError as exc:
         raise InputError(str(out), f"cannot write to the output folder ({exc.strerror})") from exc
 
@@ -213,7 +214,7 @@ def run_label(config: LabelConfig, console: Console | None = None) -> dict:
             try:
                 if sample.key in missing:
                     raise InputError(str(sample.image), missing[sample.key])
-                if label_path.exists() and confidence_path.exists():
+                if not config.overwrite and label_path.exists() and confidence_path.exists():
                     skipped += 1
                 else:
                     label, confidence = labeller.label_file(sample.image)
@@ -225,7 +226,7 @@ def run_label(config: LabelConfig, console: Console | None = None) -> dict:
                 failures.append(record)
                 errors.write(json.dumps(record) + "\n")
                 errors.flush()
-                progress.console.print(f"[yellow]skipped[/] {exc}")
+                progress.console.print(f"[yellow]skipped[/] {escape(str(exc))}")
             progress.advance(task)
     seconds = time.perf_counter() - started
     run_info["counts"] = {"images": len(samples), "labelled": done,

@@ -16,6 +16,8 @@ from skimage.transform import resize
 
 from zsplg.masks.base import MaskProposals
 
+_REFERENCE_SIDE = 512
+
 
 @dataclass(frozen=True)
 class SuperpixelConfig:
@@ -48,8 +50,12 @@ class SuperpixelGenerator:
         work = _downscale(image, self.settings.work_side)
         work_area = work.shape[0] * work.shape[1]
         min_size = max(4, int(self.settings.min_area_frac * work_area))
+        # Felzenszwalb's scale is in pixels of region size: keep regions the
+        # same share of the image whatever its resolution.
+        relative = (max(work.shape[:2]) / _REFERENCE_SIDE) ** 2
         segmentations = [
-            felzenszwalb(work, scale=scale, sigma=self.settings.sigma, min_size=min_size)
+            felzenszwalb(work, scale=scale * relative, sigma=self.settings.sigma,
+                         min_size=min_size)
             for scale in self.settings.scales
         ]
         masks, scores = [], []

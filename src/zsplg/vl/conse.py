@@ -20,11 +20,16 @@ mIoU from 20 (thresholded ConSE cosine, best threshold) to 34.
 
 from __future__ import annotations
 
+import hashlib
+import io
+
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from timm.data import ImageNetInfo
 
+from zsplg.cache import cache_dir
+from zsplg.data.labels import atomic_write_bytes
 from zsplg.vl.base import thresholded_softmax
 from zsplg.vl.efficientnet_lite import MEAN, STD, build_efficientnet_lite
 from zsplg.vl.text_encoder import MiniLMTextEncoder
@@ -66,9 +71,31 @@ class ConSEBackend:
         self.device = torch.device(device)
         self.model = build_efficientnet_lite(variant, weights).to(self.device)
         self.text_encoder = MiniLMTextEncoder(device=str(self.device))
-        self.label_vectors = self.text_encoder.encode(imagenet_label_sentences(label_style))
+        self.label_vectors = self._label_vectors(imagenet_label_sentences(label_style))
         self.mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+
+    def _label_vectors(self, sentences: list[str]) -> torch.Tensor:
+        """ImageNet label embeddings, cached on disk: encoding the 1000
+        sentences takes seconds on a CPU, on every start otherwise."""
+        digest = hashlib.sha256("\n".join([self.text_encoder.name, *sentences]).encode())
+        path = cache_dir() / "text" / f"imagenet-labels-{digest.hexdigest()[:16]}.pt"
+        if path.is_file():
+            try:
+                vectors = torch.load(path, map_location="cpu", weights_only=True)
+                if vectors.shape == (len(sentences), self.text_encoder.dim):
+                    return vectors
+            except (OSError, RuntimeError, EOFError):
+                pass  # unreadable cache entry: recompute and replace it
+        vectors = self.text_encoder.encode(sentences)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            buffer = io.BytesIO()
+            torch.save(vectors, buffer)
+            atomic_write_bytes(path, buffer.getvalue())
+        except OSError:
+            pass  # a read-only cache only costs time
+        return vectors
 
     def config(self) -> dict:
         return {"name": self.name, "variant": self.variant, "input_size": self.input_size,

@@ -1,0 +1,122 @@
+"""Pseudo-label quality: `zsplg label` + `zsplg eval` on a pair-list.
+
+Prints one JSON object: mIoU, per-class IoU, coverage and seconds per image
+for our labeller and, in the same process on the same images, for the naive
+reference the issue names (dense ConSE: every feature cell classified on its
+own, no masks, classic top-T embedding mixture with a fixed cosine threshold).
+
+    python benchmarks/label_quality.py --list ../shared/data/voc2012-mini/val.txt
+    python benchmarks/label_quality.py --list ../shared/data/camvid/val.txt --limit 20
+
+Zero-shot: no label from the list is used except for scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zsplg.annotate import Annotator, AnnotatorConfig
+from zsplg.data.classes import load_class_spec
+from zsplg.data.images import read_image
+from zsplg.data.labels import read_label
+from zsplg.data.sources import read_pair_list
+from zsplg.evaluate import evaluate_folder
+from zsplg.labeling import LabelConfig, run_label, text_prompts
+from zsplg.masks.base import MaskProposals
+from zsplg.metrics import ConfusionMatrix, compute_metrics
+from zsplg.vl.conse import ConSEBackend
+from zsplg.vl.prompts import DEFAULT_TEMPLATES
+
+
+def grid_proposals(height: int, width: int, rows: int, cols: int) -> MaskProposals:
+    """One mask per feature cell: pooling then equals per-location classification."""
+    row_of = np.minimum(np.arange(height) * rows // height, rows - 1)
+    col_of = np.minimum(np.arange(width) * cols // width, cols - 1)
+    cell = row_of[:, None] * cols + col_of[None, :]
+    return MaskProposals.from_masks(cell[None] == np.arange(rows * cols)[:, None, None])
+
+
+def naive_dense_conse(samples, spec, threshold: float) -> tuple[dict, float]:
+    backend = ConSEBackend(scoring="mixture", top_t=10, label_style="lemmas")
+    class_ids, prompts = text_prompts(spec, DEFAULT_TEMPLATES)
+    annotator = Annotator(backend, backend.encode_text(prompts), class_ids, spec.background,
+                          AnnotatorConfig(background_threshold=threshold, temperature=0.01))
+    cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    started = time.perf_counter()
+    for sample in samples:
+        image = read_image(sample.image)
+        features = backend.encode_image(image)
+        proposals = grid_proposals(*image.shape[:2], *features.shape[1:])
+        label = annotator.annotate(proposals, features).label
+        cm.update(label, read_label(sample.label))
+    seconds = (time.perf_counter() - started) / len(samples)
+    return compute_metrics(cm, spec.names), seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--list", required=True, type=Path, help="pair-list with labels")
+    parser.add_argument("--classes", type=Path, help="class spec (default: classes.txt beside)")
+    parser.add_argument("--limit", type=int, default=0, help="use the first N images only")
+    parser.add_argument("--vl", default="auto")
+    parser.add_argument("--masks", default="auto")
+    parser.add_argument("--out", type=Path, help="keep outputs here (default: a temp folder)")
+    parser.add_argument("--no-reference", action="store_true", help="skip the naive baseline")
+    parser.add_argument("--reference-threshold", type=float, default=0.4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    classes = args.classes or args.list.parent / "classes.txt"
+    spec = load_class_spec(classes)
+    samples = [s for s in read_pair_list(args.list) if s.label is not None]
+    if args.limit:
+        samples = samples[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="zsplg-bench-")) if args.out is None else args.out
+    subset = work / "pairs.txt"
+    work.mkdir(parents=True, exist_ok=True)
+    subset.write_text("".join(f"{s.image} {s.label}\n" for s in samples))
+
+    info = run_label(LabelConfig(classes=str(classes), out=str(work / "pseudo"),
+                                 pair_list=str(subset), masks=args.masks, vl=args.vl,
+                                 overwrite=True))
+    metrics, _, errors = evaluate_folder(work / "pseudo" / "labels",
+                                         read_pair_list(subset), spec.names, spec.ignore_index)
+    result = {
+        "list": str(args.list),
+        "images": len(samples),
+        "threads": args.threads,
+        "ours": {
+            "backends": info["backends"],
+            "miou": round(metrics["miou"], 2),
+            "pixel_accuracy": round(metrics["pixel_accuracy"], 2),
+            "coverage": round(metrics["coverage"], 2),
+            "seconds_per_image": info["seconds_per_image"],
+            "per_class_iou": {c["name"]: None if c["iou"] is None else round(c["iou"], 2)
+                              for c in metrics["per_class"]},
+            "failed": info["counts"]["failed"] + len(errors),
+        },
+    }
+    if not args.no_reference:
+        reference, seconds = naive_dense_conse(samples, spec, args.reference_threshold)
+        result["reference_naive_dense_conse"] = {
+            "miou": round(reference["miou"], 2),
+            "coverage": round(reference["coverage"], 2),
+            "seconds_per_image": round(seconds, 4),
+            "threshold": args.reference_threshold,
+        }
+        result["miou_gain"] = round(result["ours"]["miou"] - reference["miou"], 2)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
