@@ -28,7 +28,7 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def label(
     images_dir: Annotated[Path | None, typer.Argument(help="Folder of images (recursive).")] = None,
-    pair_list: Annotated[Path | None, typer.Option("--list", help="Pair-list: 'image [label]' a line.")] = None,
+    pair_list: Annotated[Path | None, typer.Option("--list", help="Pair-list: 'image \\[label]' a line.")] = None,
     classes: Annotated[Path, typer.Option(help="classes.txt or a YAML class spec.")] = ...,
     out: Annotated[Path, typer.Option(help="Output folder.")] = ...,
     masks: Annotated[str, typer.Option(help="Mask generator: auto, superpixel.")] = "auto",

@@ -18,7 +18,6 @@ under OUT:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -181,12 +180,7 @@ def run_demo(out: Path, console: Console | None = None) -> dict:
     names = build_sample(out, console)
 
     pseudo = out / "pseudo"
-    # A rerun relabels: drop this demo's earlier outputs, which `zsplg label` would
-    # otherwise skip as finished (only the files the demo itself writes are removed).
-    for name, _ in names:
-        for sub in ("labels", "confidence"):
-            with contextlib.suppress(FileNotFoundError):
-                (pseudo / sub / "images" / f"{name}.png").unlink()
+    # overwrite=True: a rerun into the same folder relabels every image.
     info = run_label(LabelConfig(classes=str(out / "classes.txt"), out=str(pseudo),
                                  pair_list=str(out / "pairs.txt"), overwrite=True), console)
     if info["counts"]["failed"]:
