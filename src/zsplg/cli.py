@@ -14,10 +14,12 @@ from rich.markup import escape
 
 from zsplg.annotate import OVERLAP_POLICIES, UNCOVERED_POLICIES
 from zsplg.data.errors import InputError
+from zsplg.weights_cli import weights_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-shot pseudo labels for semi-supervised semantic segmentation.")
 console = Console(stderr=True)
+app.add_typer(weights_app, name="weights", help="Known model weights: list and fetch.")
 
 
 def _fail(message: str, code: int = 2) -> None:
