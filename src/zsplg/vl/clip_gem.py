@@ -29,7 +29,10 @@ tokens. Run unmodified on open_clip 3.3 with a random tiny CLIP, its "original"
 CLS embedding was off from `encode_image` by 0.95; forcing those blocks
 back to sequence-first fixed it (7e-7). It also imports cv2, matplotlib and einops
 without declaring them. So GEM is reimplemented here (about 60 lines), over the
-stock open_clip VisionTransformer modules; nothing is monkey-patched.
+stock open_clip VisionTransformer modules; nothing is monkey-patched. Checked
+against gem-torch (with that fix) on a random 8-block tiny CLIP: dense tokens
+equal to 1e-6 at 4 x 4 and at a resampled 7 x 7 grid. Note `depth` counts GEM
+blocks: our 6 is gem-torch's `gem_depth=7` (it modifies blocks -1 .. -(depth-1)).
 
 Input: the image is resized to a square `input_size` (default 448, 28 x 28
 patches for ViT-B/16) as GEM does, with bicubic antialiased resampling. The
@@ -49,7 +52,12 @@ Nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -158,7 +166,8 @@ class GemVisionEncoder:
         if dense_mode not in DENSE_MODES:
             raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")
         if not isinstance(visual, VisionTransformer):
-            raise TypeError(f"GEM needs an open_clip VisionTransformer, got {type(visual).__name__}")
+            raise TypeError("GEM needs an open_clip VisionTransformer, "
+                            f"got {type(visual).__name__}")
         if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
             raise ValueError("GEM supports CLIP ViTs pooled by the CLS token (OpenAI/LAION style)")
         blocks = visual.transformer.resblocks
@@ -167,13 +176,13 @@ class GemVisionEncoder:
             raise ValueError("GEM supports open_clip's default ResidualAttentionBlock only")
         if not getattr(visual.transformer, "batch_first", True):
             raise ValueError("expected a batch-first open_clip transformer (open_clip >= 2.24)")
-        if not 1 <= depth <= len(blocks):
+        if dense_mode == "gem" and not 1 <= depth <= len(blocks):
             raise ValueError(f"GEM depth must be in 1..{len(blocks)}, got {depth}")
         if iterations < 0:
             raise ValueError("iterations must be >= 0")
         self.visual = visual
         self.dense_mode = dense_mode
-        self.depth = depth
+        self.depth = depth if dense_mode == "gem" else 1
         self.iterations = iterations
         self.inv_temperature = inv_temperature
         self.patch_size = tuple(visual.patch_size)
@@ -208,7 +217,7 @@ class GemVisionEncoder:
         visual = self.visual
         x, grid = self.embed(pixels)
         blocks = visual.transformer.resblocks
-        first = len(blocks) - (self.depth if self.dense_mode == "gem" else 1)
+        first = len(blocks) - self.depth
         for block in blocks[:first]:
             x = block(x)
         if self.dense_mode == "maskclip":
@@ -246,12 +255,28 @@ def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     path = Path(path)
     if _is_torchscript_archive(path):
-        state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        with warnings.catch_warnings():  # torch 2.10+ calls torch.jit deprecated; still works
+            warnings.simplefilter("ignore", FutureWarning)
+            state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     else:
         state = load_state_dict(str(path), device="cpu", weights_only=True)
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)
     return state
+
+
+@contextlib.contextmanager
+def _quiet_random_init() -> Iterator[None]:
+    """Drop open_clip's "Model initialized randomly" warning: weights follow at once."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def load_clip_checkpoint(path: str | Path, model_name: str = MODEL_NAME) -> nn.Module:
@@ -260,7 +285,8 @@ def load_clip_checkpoint(path: str | Path, model_name: str = MODEL_NAME) -> nn.M
     import open_clip
 
     state = read_clip_state_dict(path)
-    model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
+    with _quiet_random_init():
+        model = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=True)
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -274,6 +300,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
+@functools.lru_cache(maxsize=4)
 def _tokenizer(model_name: str, context_length: int):
     """open_clip's tokenizer for the model (the packaged CLIP BPE for ViT-B-16: no
     download); the plain SimpleTokenizer if open_clip wants to fetch something."""
@@ -281,7 +308,7 @@ def _tokenizer(model_name: str, context_length: int):
 
     try:
         return open_clip.get_tokenizer(model_name, context_length=context_length)
-    except Exception:  # noqa: BLE001 - any lookup/download failure: use the packaged BPE
+    except Exception:  # any lookup or download failure: the packaged BPE will do
         return open_clip.SimpleTokenizer(context_length=context_length)
 
 
@@ -324,9 +351,10 @@ class ClipGemBackend:
         self.std = torch.tensor(OPENAI_STD, device=self.device).view(3, 1, 1)
 
     def config(self) -> dict:
+        gem = ({"gem_depth": self.encoder.depth, "gem_iterations": self.encoder.iterations}
+               if self.dense_mode == "gem" else {})
         return {"name": self.name, "model": self.model_name, "weights": self.weights,
-                "dense_mode": self.dense_mode, "gem_depth": self.encoder.depth,
-                "gem_iterations": self.encoder.iterations, "input_size": self.input_size,
+                "dense_mode": self.dense_mode, **gem, "input_size": self.input_size,
                 "resize": self.resize,
                 "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp else "fp32"}
 
