@@ -34,13 +34,16 @@ class AnnotatorConfig:
         its own: CLIP cosines are not MiniLM cosines).
     temperature: softmax temperature over [background, classes...]
         similarities; None: the backend's default.
-    overlap: which mask decides a pixel covered by several masks.
+    overlap: which mask decides a pixel covered by several masks. Default
+        "average" (each pixel takes the mean class distribution of the masks
+        covering it): on voc2012-mini train it beat "small-on-top" by 1 to 3
+        mIoU for every mask setting tried (e.g. 30.0 vs 27.9).
     uncovered: what a pixel no mask covers becomes.
     """
 
     background_threshold: float | None = None
     temperature: float | None = None
-    overlap: str = "small-on-top"
+    overlap: str = "average"
     uncovered: str = "ignore"
 
     def __post_init__(self) -> None:

@@ -37,7 +37,7 @@ def label(
     vl: Annotated[str, typer.Option(help="Vision-language backend: auto, conse, conse-lite0/1/2.")] = "auto",
     threshold: Annotated[float | None, typer.Option(help="Background threshold (backend default if unset).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature (backend default if unset).")] = None,
-    overlap: Annotated[str, typer.Option(help=f"Overlap policy: {', '.join(OVERLAP_POLICIES)}.")] = "small-on-top",
+    overlap: Annotated[str, typer.Option(help=f"Overlap policy: {', '.join(OVERLAP_POLICIES)}.")] = "average",
     uncovered: Annotated[str, typer.Option(help=f"Uncovered pixels: {', '.join(UNCOVERED_POLICIES)}.")] = "ignore",
     max_side: Annotated[int, typer.Option(help="Images are processed at most this long side.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

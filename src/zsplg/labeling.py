@@ -55,7 +55,7 @@ class LabelConfig:
     vl: str = "auto"
     background_threshold: float | None = None
     temperature: float | None = None
-    overlap: str = "small-on-top"
+    overlap: str = "average"
     uncovered: str = "ignore"
     max_side: int = 1024
     templates: tuple[str, ...] = DEFAULT_TEMPLATES

@@ -155,11 +155,13 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 class _Axis:
     """How one image axis of the low-res logits maps to full resolution.
 
-    Output pixel i is sum_a weights[i, a] * lowres[lo[i] + a] (a < K). Pixels are grouped
-    by `lo` into cells: cell g holds pixels start[g] .. start[g] + count[g] - 1, whose
-    weights, padded to `rows` pixels with NaN (so padding pixels compare false with
-    anything), are cell_weights[g]. first/last: the cell's first and last pixel, or
-    (out_len, -1) for an empty cell, so that empty cells never widen a box.
+    Output pixel i is sum_a weights[i, a] * lowres[lo[i] + a] (a < K). The pixels sharing
+    a `lo` = g form cell g: count[g] pixels from start[g]; first/last are the cell's first
+    and last pixel, or (out_len, -1) for an empty cell so that it never widens a box. For
+    evaluation, cells are cut into blocks of at most `block_rows` pixels: cell g's blocks
+    are g_first_block[g] .. + g_blocks[g] - 1, block b starts at block_start[b] and its
+    weights, padded with NaN rows (which compare false with anything), are
+    block_weights[b].
     """
 
     count: torch.Tensor  # (lr,) int64
@@ -167,8 +169,15 @@ class _Axis:
     start: torch.Tensor  # (lr,) int64
     first: torch.Tensor  # (lr,) int64
     last: torch.Tensor  # (lr,) int64
-    cell_weights: torch.Tensor  # (lr, rows, K) float64
+    g_first_block: torch.Tensor  # (lr,) int64
+    g_blocks: torch.Tensor  # (lr,) int64
+    block_start: torch.Tensor  # (blocks,) int64
+    block_weights: torch.Tensor  # (blocks, block_rows, K) float32
     support: int  # K
+
+    @property
+    def one_block_per_cell(self) -> bool:
+        return bool((self.g_blocks <= 1).all())
 
 
 def _resize_matrix(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
@@ -195,18 +204,26 @@ def _axis(lr: int, img_size: int, input_len: int, out_len: int, device: torch.de
     k = max(own_support, support or 0)
     padded = torch.cat([matrix, matrix.new_zeros(out_len, k)], dim=1)
     weights = padded.gather(1, lo[:, None] + torch.arange(k, device=device)[None, :])
+
     count = torch.bincount(lo, minlength=lr)
     start = torch.cumsum(count, 0) - count
-    rows = int(count.max())
-    index = start[:, None] + torch.arange(rows, device=device)[None, :]  # (lr, rows)
-    valid = torch.arange(rows, device=device)[None, :] < count[:, None]
-    cell_weights = weights[index.clamp(max=out_len - 1)]
-    cell_weights[~valid] = float("nan")
     empty = count == 0
+    block_rows = -(-out_len // max(1, int((~empty).sum())))  # a typical cell's pixels
+    g_blocks = -(-count // block_rows)
+    g_first_block = torch.cumsum(g_blocks, 0) - g_blocks
+    block_g = torch.repeat_interleave(torch.arange(lr, device=device), g_blocks)
+    rank = torch.arange(block_g.numel(), device=device) - g_first_block[block_g]
+    block_start = start[block_g] + rank * block_rows
+    block_count = torch.clamp(count[block_g] - rank * block_rows, max=block_rows)
+    offsets = torch.arange(block_rows, device=device)
+    index = (block_start[:, None] + offsets[None, :]).clamp(max=out_len - 1)
+    block_weights = weights[index].float()
+    block_weights[offsets[None, :] >= block_count[:, None]] = float("nan")
     return _Axis(count=count, count_f=count.float(), start=start,
                  first=torch.where(empty, out_len, start),
                  last=torch.where(empty, -1, start + count - 1),
-                 cell_weights=cell_weights, support=own_support)
+                 g_first_block=g_first_block, g_blocks=g_blocks, block_start=block_start,
+                 block_weights=block_weights, support=own_support)
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,11 @@ class _Geometry:
     height: int
     width: int
     support: int  # K, the same for both axes (the larger of the two)
+
+    @property
+    def occupied(self) -> torch.Tensor:
+        """(lr_h, lr_w) bool: cells that hold full-resolution pixels."""
+        return (self.rows.count > 0)[:, None] & (self.cols.count > 0)[None, :]
 
 
 @dataclass
@@ -250,7 +272,8 @@ class _LowRes:
 
     def __init__(self, logits: torch.Tensor, geometry: _Geometry,
                  extremes: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 tol: torch.Tensor | None = None) -> None:
+                 tol: torch.Tensor | None = None,
+                 tolerance: float = _RELATIVE_TOLERANCE) -> None:
         k = geometry.support
         self.x = logits
         self.geometry = geometry
@@ -258,13 +281,20 @@ class _LowRes:
         if tol is None:
             peak = torch.maximum(self.window_max.amax(dim=(1, 2)),
                                  -self.window_min.amin(dim=(1, 2)))
-            tol = _RELATIVE_TOLERANCE * peak.clamp_min(1.0)
+            tol = tolerance * peak.clamp_min(1.0)
         self.tol = tol
         self.windows = functional.pad(logits, (0, k - 1, 0, k - 1)).unfold(1, k, 1).unfold(2, k, 1)
 
     def select(self, index: torch.Tensor) -> _LowRes:
         return _LowRes(self.x[index], self.geometry,
                        (self.window_max[index], self.window_min[index]), self.tol[index])
+
+    def box(self, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, 4) boxes of the pixels > threshold and whether each is uncertain."""
+        result = self.stats(threshold, with_box=True)
+        if result.box is None or result.box_unsure is None:  # pragma: no cover
+            raise RuntimeError("box statistics missing")
+        return result.box, result.box_unsure
 
     def stats(self, threshold: float, with_box: bool = False) -> _ThresholdStats:
         geometry, rows, cols = self.geometry, self.geometry.rows, self.geometry.cols
@@ -277,23 +307,36 @@ class _LowRes:
         index, g, k = band.nonzero(as_tuple=True)
         occupied = (rows.count[g] > 0) & (cols.count[k] > 0)
         index, g, k = index[occupied], g[occupied], k[occupied]
-        window = self.windows[index, g, k].double()  # (m, K, K)
-        # the cells' pixels, in float64 from the exact weights; padding pixels are NaN
-        values = torch.bmm(torch.bmm(rows.cell_weights[g], window),
-                           cols.cell_weights[k].transpose(1, 2))  # (m, rows, cols)
-        cell_tol = self.tol[index].double()[:, None, None]
+        row_block, col_block = rows.g_first_block[g], cols.g_first_block[k]
+        if not (rows.one_block_per_cell and cols.one_block_per_cell):
+            row_blocks, col_blocks = rows.g_blocks[g], cols.g_blocks[k]
+            repeats = row_blocks * col_blocks
+            cell = torch.repeat_interleave(torch.arange(index.numel(), device=device), repeats)
+            offset = torch.arange(cell.numel(), device=device) - (
+                torch.cumsum(repeats, 0) - repeats)[cell]
+            row_block = row_block[cell] + offset // col_blocks[cell]
+            col_block = col_block[cell] + offset % col_blocks[cell]
+            index, g, k = index[cell], g[cell], k[cell]
+        window = self.windows[index, g, k]  # (m, K, K)
+        # the blocks' pixels from the exact weights; NaN for padding pixels
+        values = torch.bmm(torch.bmm(rows.block_weights[row_block], window),
+                           cols.block_weights[col_block].transpose(1, 2))  # (m, rows, cols)
+        cell_tol = self.tol[index][:, None, None]
         positive = values > threshold + cell_tol
-        unsure = (values - threshold).abs() <= cell_tol
-        above = above.index_add(0, index, positive.sum(dim=(1, 2)))
-        undecided = torch.zeros(n, dtype=torch.int64, device=device).index_add(
-            0, index, unsure.sum(dim=(1, 2)))
+        above = above.index_add(0, index, _per_cell(positive))
+        undecided = torch.zeros(n, dtype=torch.int64, device=device)
+        unsure = (values >= threshold - cell_tol) ^ positive  # |value - t| <= tol
+        if bool(unsure.any()):
+            undecided = undecided.index_add(0, index, _per_cell(unsure))
         result = _ThresholdStats(above=above, undecided=undecided)
         if not with_box:
             return result
 
         big_y, big_x = geometry.height, geometry.width
-        row_ids = rows.start[g][:, None] + torch.arange(values.shape[1], device=device)[None]
-        col_ids = cols.start[k][:, None] + torch.arange(values.shape[2], device=device)[None]
+        row_ids = rows.block_start[row_block][:, None] + torch.arange(
+            values.shape[1], device=device)[None]
+        col_ids = cols.block_start[col_block][:, None] + torch.arange(
+            values.shape[2], device=device)[None]
 
         def extent(hits: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
             """base (n, 4) [left, top, right, bottom] widened by the band pixels `hits`."""
@@ -307,6 +350,7 @@ class _LowRes:
                 out[:, column] = out[:, column].scatter_reduce(0, index, per_cell, reduce)
             return out
 
+        sure = sure & geometry.occupied  # cells without pixels must not widen the box
         sure_rows, sure_cols = sure.any(dim=2), sure.any(dim=1)
         base = torch.stack([
             torch.where(sure_cols, cols.first, big_x).amin(dim=1),
@@ -323,6 +367,11 @@ class _LowRes:
         result.box = torch.where(empty[:, None], torch.zeros_like(box), box)
         result.box_unsure = box_unsure
         return result
+
+
+def _per_cell(flags: torch.Tensor) -> torch.Tensor:
+    """(m, rows, cols) bool -> (m,) int64 counts."""
+    return flags.flatten(1).sum(1, dtype=torch.int32).long()
 
 
 def _chunks(total: int, size: int) -> Iterator[slice]:
@@ -382,7 +431,11 @@ class SamMaskGenerator:
         self.box_nms_thresh = float(box_nms_thresh)
         self.long_side = int(long_side)
         self.min_mask_region_area = int(min_mask_region_area)
-        self.low_res_prefilter = True  # False: reference-style full-res filters (for checks)
+        # checks and benchmarks: False runs the reference's full-resolution filters; a larger
+        # tolerance sends more candidates down the exact fallback
+        self.low_res_prefilter = True
+        self.tolerance = _RELATIVE_TOLERANCE
+        self._geometries: dict[tuple, _Geometry] = {}
         self._fingerprint: str | None = None
         self._checkpoint_bytes = checkpoint.stat().st_size if checkpoint is not None else None
 
@@ -522,12 +575,17 @@ class SamMaskGenerator:
         img_size = int(self.model.image_encoder.img_size)
         shapes = [(int(low_res_size[axis]), img_size, input_size[axis], image_size[axis])
                   for axis in (0, 1)]
-        rows, cols = (_axis(*shape, self.device) for shape in shapes)
-        k = max(rows.support, cols.support)
-        if rows.support != cols.support:  # pad the narrower axis' weights to K
-            rows, cols = (_axis(*shape, self.device, support=k) for shape in shapes)
-        return _Geometry(rows=rows, cols=cols, height=image_size[0], width=image_size[1],
-                         support=k)
+        key = tuple(shapes)
+        if key not in self._geometries:
+            rows, cols = (_axis(*shape, self.device) for shape in shapes)
+            k = max(rows.support, cols.support)
+            if rows.support != cols.support:  # pad the narrower axis' weights to K
+                rows, cols = (_axis(*shape, self.device, support=k) for shape in shapes)
+            if len(self._geometries) >= 8:
+                self._geometries.clear()
+            self._geometries[key] = _Geometry(rows=rows, cols=cols, height=image_size[0],
+                                              width=image_size[1], support=k)
+        return self._geometries[key]
 
     def _postprocess(self, low_res: torch.Tensor, input_size: tuple[int, int],
                      image_size: tuple[int, int]) -> torch.Tensor:
@@ -543,34 +601,19 @@ class SamMaskGenerator:
         """The stability filter and the boxes of its survivors, exactly as the reference
         computes them on full-resolution logits. Returns ((survivors, boxes), number of
         candidates that had to be upsampled)."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+        image_size = (geometry.height, geometry.width)
+        if not self.low_res_prefilter:  # the reference's way, chunked
+            kept, boxes = self._full_res_filter(low_res, candidates, input_size, image_size)
+            return (kept, boxes), int(candidates.numel())
 
         threshold = float(self.model.mask_threshold)
         offset = self.stability_score_offset
-        filter_stability = self.stability_score_thresh > 0.0
-        image_size = (geometry.height, geometry.width)
-        upsampled = 0
-
-        if not self.low_res_prefilter:  # the reference's way, chunked
-            kept, boxes = [], []
-            for part in _chunks(int(candidates.numel()), self._full_res_chunk(image_size)):
-                chosen = candidates[part]
-                logits = self._postprocess(low_res[chosen], input_size, image_size)
-                upsampled += int(chosen.numel())
-                if filter_stability:
-                    score = calculate_stability_score(logits, threshold, offset)
-                    keep = score >= self.stability_score_thresh
-                    chosen, logits = chosen[keep], logits[keep]
-                kept.append(chosen)
-                boxes.append(batched_mask_to_box(logits > threshold))
-            return (_cat_long(kept, self.device), _cat_long(boxes, self.device, 4)), upsampled
-
         low_chunk = max(1, _LOW_RES_CHUNK_ELEMENTS // (low_res.shape[-2] * low_res.shape[-1]))
         kept, boxes, fallback = [], [], []
         for part in _chunks(int(candidates.numel()), low_chunk):
             chosen = candidates[part]
-            exact = _LowRes(low_res[chosen], geometry)
-            if filter_stability:
+            exact = _LowRes(low_res[chosen], geometry, tolerance=self.tolerance)
+            if self.stability_score_thresh > 0.0:
                 high = exact.stats(threshold + offset)
                 low = exact.stats(threshold - offset)
                 keep, unsure = _stability_decision(high, low, self.stability_score_thresh)
@@ -580,30 +623,37 @@ class SamMaskGenerator:
                 if chosen.numel() == 0:
                     continue
                 exact = exact.select(keep_index)
-            box_stats = exact.stats(threshold, with_box=True)
-            assert box_stats.box is not None and box_stats.box_unsure is not None
-            sure = ~box_stats.box_unsure
-            kept.append(chosen[sure])
-            boxes.append(box_stats.box[sure])
-            fallback.append(chosen[~sure])
+            box, box_unsure = exact.box(threshold)
+            kept.append(chosen[~box_unsure])
+            boxes.append(box[~box_unsure])
+            fallback.append(chosen[box_unsure])
 
         # candidates whose decision or box hinges on a pixel within rounding of a threshold
         pending = _cat_long(fallback, self.device)
-        for part in _chunks(int(pending.numel()), self._full_res_chunk(image_size)):
-            chosen = pending[part]
+        exact_kept, exact_boxes = self._full_res_filter(low_res, pending, input_size, image_size)
+        survivors = torch.cat([_cat_long(kept, self.device), exact_kept])
+        all_boxes = torch.cat([_cat_long(boxes, self.device, 4), exact_boxes])
+        order = torch.argsort(survivors)  # back to the reference's candidate order
+        return (survivors[order], all_boxes[order]), int(pending.numel())
+
+    def _full_res_filter(self, low_res: torch.Tensor, candidates: torch.Tensor,
+                         input_size: tuple[int, int], image_size: tuple[int, int],
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's stability filter and boxes on upsampled logits, in chunks."""
+        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+
+        threshold = float(self.model.mask_threshold)
+        kept, boxes = [], []
+        for part in _chunks(int(candidates.numel()), self._full_res_chunk(image_size)):
+            chosen = candidates[part]
             logits = self._postprocess(low_res[chosen], input_size, image_size)
-            upsampled += int(chosen.numel())
-            if filter_stability:
-                score = calculate_stability_score(logits, threshold, offset)
+            if self.stability_score_thresh > 0.0:
+                score = calculate_stability_score(logits, threshold, self.stability_score_offset)
                 keep = score >= self.stability_score_thresh
                 chosen, logits = chosen[keep], logits[keep]
             kept.append(chosen)
             boxes.append(batched_mask_to_box(logits > threshold))
-
-        survivors = _cat_long(kept, self.device)
-        all_boxes = _cat_long(boxes, self.device, 4)
-        order = torch.argsort(survivors)  # back to the reference's candidate order
-        return (survivors[order], all_boxes[order]), upsampled
+        return _cat_long(kept, self.device), _cat_long(boxes, self.device, 4)
 
     def _full_res(self, low_res: torch.Tensor, candidates: torch.Tensor,
                   input_size: tuple[int, int], image_size: tuple[int, int],

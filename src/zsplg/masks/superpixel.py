@@ -25,12 +25,18 @@ class SuperpixelConfig:
     a 512 px long side and rescaled with the image; min_area_frac: drop
     regions smaller than this share of the image; work_side: images are
     segmented at this long side (bounded cost and memory) and masks resized
-    back."""
+    back.
 
-    scales: tuple[float, ...] = (100.0, 400.0, 1600.0)
+    Defaults chosen on voc2012-mini train (40 images, ConSE naming): two
+    coarse scales at 384 px scored 30.0 mIoU at 0.38 s/image, against 29.1 at
+    0.86 s for three scales (100, 400, 1600) and 28.7 for four at 512 px;
+    on CamVid train (24 images) all settings were within 0.6 mIoU.
+    """
+
+    scales: tuple[float, ...] = (400.0, 1600.0)
     sigma: float = 0.8
     min_area_frac: float = 0.001
-    work_side: int = 512
+    work_side: int = 384
 
     def to_dict(self) -> dict:
         return asdict(self)
