@@ -200,11 +200,36 @@ def test_exact_fallback_and_full_resolution_paths_agree(model):
 
 
 def test_all_points_in_one_batch(model):
+    """Batching changes nothing but (at most) float rounding."""
     image = photo(96, 128)
     settings = SETTINGS["small-image"][2]
-    records = reference(model, image, **settings)  # 64 points per batch
-    result = ours(model, points_per_batch=64, **settings).generate_detailed(image)
+    records = reference(model, image, points_per_batch=16, **settings)
+    result = ours(model, points_per_batch=64, **settings).generate_detailed(image)  # all 64
     assert_same(records, result, exact=False)
+
+
+def test_out_of_memory_halves_the_batch(model, monkeypatch):
+    """points_per_batch=None decodes everything at once; on OOM it halves and remembers."""
+    image = photo(96, 128)
+    settings = SETTINGS["small-image"][2]
+    records = reference(model, image, **settings)
+    decoder = model.mask_decoder
+    real_forward = decoder.forward
+    sizes = []
+
+    def limited(*args, **kwargs):
+        sizes.append(kwargs["sparse_prompt_embeddings"].shape[0])
+        if sizes[-1] > 16:
+            raise torch.cuda.OutOfMemoryError("pretend")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(decoder, "forward", limited)
+    generator = ours(model, **settings)  # None: 64 points per batch on cpu
+    assert_same(records, generator.generate_detailed(image), exact=False)
+    assert sizes[:3] == [64, 32, 16] and generator._auto_batch == 16
+    sizes.clear()
+    generator.generate(image)
+    assert set(sizes) == {16}
 
 
 def test_small_region_removal_matches_reference(model, monkeypatch):
@@ -213,12 +238,14 @@ def test_small_region_removal_matches_reference(model, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cv2", types.ModuleType("cv2"))  # the reference imports it
     monkeypatch.setattr(amg, "remove_small_regions", remove_small_regions)
-    image = photo(96, 128)
-    settings = dict(SETTINGS["small-image"][2], min_mask_region_area=40)
-    records = reference(model, image, **settings)
-    result = ours(model, **settings).generate_detailed(image)
+    shape, which, settings = SETTINGS["large-image"]
+    image = photo(*shape, which)
+    records = reference(model, image, min_mask_region_area=60, **settings)
+    result = ours(model, min_mask_region_area=60, **settings).generate_detailed(image)
     assert len(records) >= 3
     assert_same(records, result)
+    plain = ours(model, **settings).generate(image)
+    assert not np.array_equal(plain.masks, result.proposals.masks)  # regions were removed
 
 
 def test_remove_small_regions():

@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from zsplg.annotate import OVERLAP_POLICIES, UNCOVERED_POLICIES
 from zsplg.data.errors import InputError
+from zsplg.weights import WeightsError
 from zsplg.weights_cli import weights_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -33,8 +34,12 @@ def label(
     pair_list: Annotated[Path | None, typer.Option("--list", help="Pair-list: 'image \\[label]' a line.")] = None,
     classes: Annotated[Path, typer.Option(help="classes.txt or a YAML class spec.")] = ...,
     out: Annotated[Path, typer.Option(help="Output folder.")] = ...,
-    masks: Annotated[str, typer.Option(help="Mask generator: auto, superpixel.")] = "auto",
-    vl: Annotated[str, typer.Option(help="Vision-language backend: auto, conse, conse-lite0/1/2.")] = "auto",
+    masks: Annotated[str, typer.Option(help="Mask generator: auto, sam, sam-vit-b/l/h, superpixel. auto: SAM when its weights are present.")] = "auto",
+    vl: Annotated[str, typer.Option(help="Vision-language backend: auto, clip-gem, clip-maskclip, conse, conse-lite0/1/2. auto: CLIP+GEM when its weights are present.")] = "auto",
+    sam_checkpoint: Annotated[Path | None, typer.Option(help="Local SAM checkpoint (else the weights cache).")] = None,
+    clip_checkpoint: Annotated[Path | None, typer.Option(help="Local OpenAI CLIP ViT-B/16 checkpoint (else the weights cache).")] = None,
+    points_per_side: Annotated[int, typer.Option(help="SAM everything-mode grid.")] = 32,
+    cache_masks: Annotated[bool, typer.Option(help="Cache masks per image content and settings, so relabelling with other classes or thresholds skips the mask stage.")] = False,
     threshold: Annotated[float | None, typer.Option(help="Background threshold (backend default if unset).")] = None,
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature (backend default if unset).")] = None,
     overlap: Annotated[str, typer.Option(help=f"Overlap policy: {', '.join(OVERLAP_POLICIES)}.")] = "average",
@@ -45,6 +50,7 @@ def label(
 ) -> None:
     """Write OUT/labels/*.png (class ids, 255 = ignore), OUT/confidence/*.png and OUT/run.json."""
     from zsplg.labeling import ConfigMismatchError, LabelConfig, run_label
+    from zsplg.masks.sam import SamCheckpointError
 
     if (images_dir is None) == (pair_list is None):
         _fail("give either IMAGES_DIR or --list PAIRS (exactly one)")
@@ -53,10 +59,14 @@ def label(
                          pair_list=str(pair_list) if pair_list else None, masks=masks, vl=vl,
                          background_threshold=threshold, temperature=temperature,
                          overlap=overlap, uncovered=uncovered, max_side=max_side,
+                         sam_checkpoint=str(sam_checkpoint) if sam_checkpoint else None,
+                         clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
+                         points_per_side=points_per_side, cache_masks=cache_masks,
                          device=device, overwrite=overwrite)
     try:
         info = run_label(config, console)
-    except (InputError, ConfigMismatchError, ValueError) as exc:
+    except (InputError, ConfigMismatchError, WeightsError, SamCheckpointError,
+            ValueError) as exc:
         _fail(str(exc))
     counts = info["counts"]
     console.print(f"labelled {counts['labelled']}, already done {counts['already_done']}, "

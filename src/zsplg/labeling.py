@@ -28,15 +28,15 @@ from zsplg.data.errors import InputError
 from zsplg.data.images import image_size, read_image
 from zsplg.data.labels import atomic_write_text, write_confidence_png, write_label_png
 from zsplg.data.sources import Sample, missing_files, resolve_sources
-from zsplg.masks import build_mask_generator, resolve_mask_generator_name
+from zsplg.masks import MaskGenerator, build_mask_generator, resolve_mask_generator_name
 from zsplg.progress import make_progress
-from zsplg.vl import build_vl_model, resolve_vl_name
+from zsplg.vl import DenseVisionLanguageModel, build_vl_model, resolve_vl_name
 from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
 
 RUN_FILE = "run.json"
 ERRORS_FILE = "errors.jsonl"
 # Settings that do not change any output: they may differ between a run and its resume.
-_NON_OUTPUT_KEYS = ("images_dir", "pair_list", "out", "overwrite", "device")
+_NON_OUTPUT_KEYS = ("images_dir", "pair_list", "out", "overwrite", "device", "cache_masks")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -58,6 +58,10 @@ class LabelConfig:
     overlap: str = "average"
     uncovered: str = "ignore"
     max_side: int = 1024
+    sam_checkpoint: str | None = None
+    clip_checkpoint: str | None = None
+    points_per_side: int = 32
+    cache_masks: bool = False
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
     overwrite: bool = False
@@ -87,18 +91,43 @@ def text_prompts(spec: ClassSpec, templates: tuple[str, ...]) -> tuple[list[int]
 
 
 class Labeller:
-    """Masks + dense features + annotator for one class spec, reusable per image."""
+    """Masks + dense features + annotator for one class spec, reusable per image.
 
-    def __init__(self, spec: ClassSpec, masks: str = "auto", vl: str = "auto",
-                 annotator: AnnotatorConfig | None = None, device: str = "auto",
+    Takes built backends (tests and notebooks pass their own); `from_names`
+    builds them the way the CLI does.
+    """
+
+    def __init__(self, spec: ClassSpec, mask_generator: MaskGenerator,
+                 vl_model: DenseVisionLanguageModel, annotator: AnnotatorConfig | None = None,
                  templates: tuple[str, ...] = DEFAULT_TEMPLATES, max_side: int = 1024) -> None:
         self.spec = spec
         self.max_side = max_side
-        self.mask_generator = build_mask_generator(masks)
-        self.vl_model = build_vl_model(vl, device=pick_device(device))
+        self.mask_generator = mask_generator
+        self.vl_model = vl_model
         class_ids, prompts = text_prompts(spec, templates)
         text = self.vl_model.encode_text(prompts)
         self.annotator = Annotator(self.vl_model, text, class_ids, spec.background, annotator)
+
+    @classmethod
+    def from_names(cls, spec: ClassSpec, masks: str = "auto", vl: str = "auto",
+                   annotator: AnnotatorConfig | None = None, device: str = "auto",
+                   templates: tuple[str, ...] = DEFAULT_TEMPLATES, max_side: int = 1024,
+                   sam_checkpoint: str | None = None, clip_checkpoint: str | None = None,
+                   points_per_side: int = 32, cache_masks: bool = False) -> Labeller:
+        device = pick_device(device)
+        mask_name = resolve_mask_generator_name(masks, sam_checkpoint)
+        sam_options = {"points_per_side": points_per_side} if mask_name.startswith("sam") else {}
+        mask_generator = build_mask_generator(mask_name, sam_checkpoint, device=device,
+                                              cache=cache_masks, **sam_options)
+        vl_model = build_vl_model(vl, device=device, clip_checkpoint=clip_checkpoint)
+        return cls(spec, mask_generator, vl_model, annotator, templates, max_side)
+
+    @classmethod
+    def from_config(cls, config: LabelConfig, spec: ClassSpec) -> Labeller:
+        return cls.from_names(spec, config.masks, config.vl, config.annotator_config(),
+                              config.device, config.templates, config.max_side,
+                              config.sam_checkpoint, config.clip_checkpoint,
+                              config.points_per_side, config.cache_masks)
 
     def label_array(self, image: np.ndarray):
         """RGB uint8 array -> Annotation at the array's size."""
@@ -146,8 +175,10 @@ def _output_settings(config: LabelConfig) -> dict:
     for key in _NON_OUTPUT_KEYS:
         settings.pop(key, None)
     settings["templates"] = list(config.templates)
-    settings["masks"] = resolve_mask_generator_name(config.masks)
-    settings["vl"] = resolve_vl_name(config.vl)
+    settings["masks"] = resolve_mask_generator_name(config.masks, config.sam_checkpoint)
+    settings["vl"] = resolve_vl_name(config.vl, config.clip_checkpoint)
+    if not settings["masks"].startswith("sam"):
+        settings.pop("points_per_side")
     return settings
 
 
@@ -173,8 +204,12 @@ def _outputs(out: Path, sample: Sample) -> tuple[Path, Path]:
     return out / "labels" / f"{sample.key}.png", out / "confidence" / f"{sample.key}.png"
 
 
-def run_label(config: LabelConfig, console: Console | None = None) -> dict:
-    """Label every image; failures are reported and recorded, never fatal."""
+def run_label(config: LabelConfig, console: Console | None = None,
+              labeller: Labeller | None = None) -> dict:
+    """Label every image; failures are reported and recorded, never fatal.
+
+    labeller: already-built backends to use instead of the config's names.
+    """
     console = console or Console(stderr=True)
     out = Path(config.out)
     spec = load_class_spec(config.classes)
@@ -186,8 +221,7 @@ def run_label(config: LabelConfig, console: Console | None = None) -> dict:
     except OSError as exc:
         raise InputError(str(out), f"cannot write to the output folder ({exc.strerror})") from exc
 
-    labeller = Labeller(spec, config.masks, config.vl, config.annotator_config(), config.device,
-                        config.templates, config.max_side)
+    labeller = labeller or Labeller.from_config(config, spec)
     console.print(f"masks: [bold]{labeller.mask_generator.name}[/], "
                   f"vision-language: [bold]{labeller.vl_model.name}[/] "
                   f"({labeller.vl_model.config().get('variant', '')}); {len(samples)} images")

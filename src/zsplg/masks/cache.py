@@ -129,7 +129,7 @@ def _read_entry(path: Path, image_hash: str, config_hash: str,
                 return None
             masks = np.unpackbits(packed, axis=1, count=height * width).astype(bool)
             masks = masks.reshape(n, height, width)
-            if not np.array_equal(masks.reshape(n, -1).sum(axis=1), areas):
+            if not np.array_equal(masks.reshape(n, height * width).sum(axis=1), areas):
                 return None
             return MaskProposals(masks=masks, scores=scores, areas=areas)
     except Exception:  # any unreadable entry (truncated zip, bad header, missing key...)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,7 +143,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     for key, value in model.state_dict().items():
         tensor = value.detach().to("cpu").contiguous()
         digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -436,6 +436,10 @@ class SamMaskGenerator:
         self.low_res_prefilter = True
         self.tolerance = _RELATIVE_TOLERANCE
         self._geometries: dict[tuple, _Geometry] = {}
+        self._auto_batch: int | None = None
+        gpu = device.type == "cuda"  # bigger steps: fewer kernel launches, memory to spare
+        self._low_res_chunk_elements = _LOW_RES_CHUNK_ELEMENTS * (4 if gpu else 1)
+        self._full_res_chunk_elements = _FULL_RES_CHUNK_ELEMENTS * (4 if gpu else 1)
         self._fingerprint: str | None = None
         self._checkpoint_bytes = checkpoint.stat().st_size if checkpoint is not None else None
 
@@ -509,24 +513,22 @@ class SamMaskGenerator:
         candidates, boxes = candidates[keep], boxes[keep]
         stats["after_nms"] = int(candidates.numel())
 
-        masks, stability, final_boxes = self._full_res(low_res, candidates, input_size,
-                                                       (height, width))
+        stability, unknown = self._survivor_stability(low_res, candidates, geometry)
+        masks, areas, stability = self._full_res(low_res, candidates, input_size,
+                                                 (height, width), stability, unknown)
         stats["upsampled"] = upsampled + int(candidates.numel())
-        if not np.array_equal(final_boxes, boxes.cpu().numpy()):  # pragma: no cover
-            warnings.warn("SAM low-res box computation disagreed with the full-resolution "
-                          "masks; please report", RuntimeWarning, stacklevel=2)
         scores = iou[candidates].float().cpu().numpy()
+        boxes_np = boxes.cpu().numpy().astype(np.int64)
         prompt_points = points[(candidates // 3).cpu().numpy()]
         if self.min_mask_region_area > 0 and len(masks):
-            masks, scores, final_boxes, stability, prompt_points = _remove_small_regions_all(
-                masks, scores, final_boxes, stability, prompt_points, self.min_mask_region_area,
+            masks, scores, boxes_np, stability, prompt_points = _remove_small_regions_all(
+                masks, scores, boxes_np, stability, prompt_points, self.min_mask_region_area,
                 max(self.box_nms_thresh, 0.7))
+            areas = masks.reshape(len(masks), -1).sum(axis=1).astype(np.int64)
         stats["masks"] = int(masks.shape[0])
-        proposals = (MaskProposals.from_masks(masks, scores) if len(masks)
-                     else MaskProposals.empty(height, width))
-        return SamMasks(proposals=proposals, boxes=final_boxes.astype(np.int64),
-                        stability=stability.astype(np.float32), points=prompt_points,
-                        stats=stats)
+        proposals = MaskProposals(masks=masks, scores=scores, areas=areas)
+        return SamMasks(proposals=proposals, boxes=boxes_np, stability=stability,
+                        points=prompt_points, stats=stats)
 
     def _encode(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """SamPredictor.set_image, with a free long side (<= the encoder's input size)."""
@@ -552,14 +554,32 @@ class SamMaskGenerator:
         # float64 like the reference: the prompt encoder normalises before casting
         in_points = torch.as_tensor(coords, device=self.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
-        batch = self.points_per_batch
-        if batch is None:
-            batch = len(points) if self.device.type == "cuda" else _CPU_POINTS_PER_BATCH
+        if self.points_per_batch is not None:
+            return self._decode_batches(features, in_points, in_labels, self.points_per_batch)
+        # None: all points at once on cuda (halved on out-of-memory, and remembered)
+        batch = self._auto_batch or (len(points) if self.device.type == "cuda"
+                                     else _CPU_POINTS_PER_BATCH)
+        while True:
+            try:
+                result = self._decode_batches(features, in_points, in_labels, batch)
+            except torch.cuda.OutOfMemoryError:
+                if batch <= 1:
+                    raise
+                batch = (batch + 1) // 2
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            self._auto_batch = batch
+            return result
+
+    def _decode_batches(self, features: torch.Tensor, in_points: torch.Tensor,
+                        in_labels: torch.Tensor, batch: int,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
         prompt_encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         low_res, iou = [], []
         with self._autocast():
             dense_pe = prompt_encoder.get_dense_pe()
-            for part in _chunks(len(points), batch):
+            for part in _chunks(int(in_points.shape[0]), batch):
                 sparse, dense = prompt_encoder(
                     points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
                     masks=None)
@@ -568,6 +588,7 @@ class SamMaskGenerator:
                                         dense_prompt_embeddings=dense, multimask_output=True)
                 low_res.append(masks.float().flatten(0, 1))
                 iou.append(scores.float().flatten(0, 1))
+                del masks, scores, sparse, dense
         return torch.cat(low_res), torch.cat(iou)
 
     def _geometry(self, low_res_size: torch.Size, input_size: tuple[int, int],
@@ -594,7 +615,7 @@ class SamMaskGenerator:
     def _full_res_chunk(self, image_size: tuple[int, int]) -> int:
         img_size = int(self.model.image_encoder.img_size)
         per_mask = img_size * img_size + image_size[0] * image_size[1]
-        return max(1, _FULL_RES_CHUNK_ELEMENTS // per_mask)
+        return max(1, self._full_res_chunk_elements // per_mask)
 
     def _filter(self, low_res: torch.Tensor, candidates: torch.Tensor, geometry: _Geometry,
                 input_size: tuple[int, int]) -> tuple[tuple[torch.Tensor, torch.Tensor], int]:
@@ -608,7 +629,7 @@ class SamMaskGenerator:
 
         threshold = float(self.model.mask_threshold)
         offset = self.stability_score_offset
-        low_chunk = max(1, _LOW_RES_CHUNK_ELEMENTS // (low_res.shape[-2] * low_res.shape[-1]))
+        low_chunk = max(1, self._low_res_chunk_elements // (low_res.shape[-2] * low_res.shape[-1]))
         kept, boxes, fallback = [], [], []
         for part in _chunks(int(candidates.numel()), low_chunk):
             chosen = candidates[part]
@@ -655,24 +676,52 @@ class SamMaskGenerator:
             boxes.append(batched_mask_to_box(logits > threshold))
         return _cat_long(kept, self.device), _cat_long(boxes, self.device, 4)
 
+    def _survivor_stability(self, low_res: torch.Tensor, candidates: torch.Tensor,
+                            geometry: _Geometry) -> tuple[torch.Tensor, torch.Tensor]:
+        """The survivors' stability scores from their low-res logits, and which of them
+        hinge on an undecidable pixel (those are computed at full resolution)."""
+        threshold = float(self.model.mask_threshold)
+        offset = self.stability_score_offset
+        low_chunk = max(1, self._low_res_chunk_elements // (low_res.shape[-2] * low_res.shape[-1]))
+        values, unknown = [], []
+        for part in _chunks(int(candidates.numel()), low_chunk):
+            exact = _LowRes(low_res[candidates[part]], geometry, tolerance=self.tolerance)
+            high, low = exact.stats(threshold + offset), exact.stats(threshold - offset)
+            values.append(high.above.to(torch.int32) / low.above.to(torch.int32))
+            unknown.append((high.undecided > 0) | (low.undecided > 0))
+        if not values:
+            return (torch.zeros(0, device=self.device),
+                    torch.zeros(0, dtype=torch.bool, device=self.device))
+        return torch.cat(values), torch.cat(unknown)
+
     def _full_res(self, low_res: torch.Tensor, candidates: torch.Tensor,
                   input_size: tuple[int, int], image_size: tuple[int, int],
+                  stability: torch.Tensor, unknown: torch.Tensor,
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Binary full-resolution masks, exact stability scores and boxes of the survivors."""
-        from segment_anything.utils.amg import batched_mask_to_box, calculate_stability_score
+        """Binary full-resolution masks of the survivors (straight into one numpy array),
+        their areas, and their stability scores with the unknown ones filled in."""
+        from segment_anything.utils.amg import calculate_stability_score
 
         threshold = float(self.model.mask_threshold)
-        masks = np.empty((int(candidates.numel()), *image_size), dtype=bool)
-        stability = np.empty(int(candidates.numel()), dtype=np.float32)
-        boxes = np.empty((int(candidates.numel()), 4), dtype=np.int64)
-        for part in _chunks(int(candidates.numel()), self._full_res_chunk(image_size)):
+        count = int(candidates.numel())
+        masks = np.empty((count, *image_size), dtype=bool)
+        areas = np.empty(count, dtype=np.int64)
+        stability = stability.clone()
+        for part in _chunks(count, self._full_res_chunk(image_size)):
             logits = self._postprocess(low_res[candidates[part]], input_size, image_size)
-            binary = logits > threshold
-            stability[part] = calculate_stability_score(
-                logits, threshold, self.stability_score_offset).cpu().numpy()
-            boxes[part] = batched_mask_to_box(binary).cpu().numpy()
-            masks[part] = binary.cpu().numpy()
-        return masks, stability, boxes
+            todo = unknown[part]
+            if bool(todo.any()):
+                stability[part][todo] = calculate_stability_score(
+                    logits[todo], threshold, self.stability_score_offset)
+            target = torch.from_numpy(masks[part])
+            if logits.device.type == "cpu":
+                torch.gt(logits, threshold, out=target)
+                areas[part] = target.flatten(1).sum(1).numpy()
+            else:
+                binary = logits > threshold
+                areas[part] = binary.flatten(1).sum(1).cpu().numpy()
+                target.copy_(binary)
+        return masks, areas, stability.float().cpu().numpy()
 
 
 def _cat_long(parts: list[torch.Tensor], device: torch.device, width: int = 0) -> torch.Tensor:
