@@ -49,7 +49,9 @@ _EMBED_DIM_TO_VARIANT = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
 _CPU_POINTS_PER_BATCH = 64  # the full-size decoder needs ~28 MB of activations per point
 _LOW_RES_CHUNK_ELEMENTS = 1 << 23  # low-res logits handled per step of the exact filters
 _FULL_RES_CHUNK_ELEMENTS = 1 << 25  # full-resolution logits materialised per step
-_RELATIVE_TOLERANCE = 1e-5  # >> float32 rounding of two bilinear resizes (~5e-7 relative)
+# undecidable: |value - threshold| <= this x the largest |logit| the pixel is interpolated
+# from; float32 rounding of the two resizes (and of our own evaluation) stays below ~2e-6
+_RELATIVE_TOLERANCE = 1e-5
 
 
 class SamCheckpointError(RuntimeError):
@@ -278,11 +280,9 @@ class _LowRes:
         self.x = logits
         self.geometry = geometry
         self.window_max, self.window_min = extremes or _window_extremes(logits, k)
-        if tol is None:
-            peak = torch.maximum(self.window_max.amax(dim=(1, 2)),
-                                 -self.window_min.amin(dim=(1, 2)))
-            tol = tolerance * peak.clamp_min(1.0)
-        self.tol = tol
+        if tol is None:  # rounding scales with the magnitudes a pixel is interpolated from
+            tol = tolerance * torch.maximum(self.window_max.abs(), self.window_min.abs())
+        self.tol = tol  # (n, h, w): per cell
         self.windows = functional.pad(logits, (0, k - 1, 0, k - 1)).unfold(1, k, 1).unfold(2, k, 1)
 
     def select(self, index: torch.Tensor) -> _LowRes:
@@ -299,7 +299,7 @@ class _LowRes:
     def stats(self, threshold: float, with_box: bool = False) -> _ThresholdStats:
         geometry, rows, cols = self.geometry, self.geometry.rows, self.geometry.cols
         n, device = self.x.shape[0], self.x.device
-        tol = self.tol[:, None, None]
+        tol = self.tol
         sure = self.window_min > threshold + tol  # every pixel of the cell is above
         band = (self.window_max >= threshold - tol) ^ sure  # cells that may straddle
         above = ((sure.float() @ cols.count_f).double() @ rows.count.double()).round().long()
@@ -321,7 +321,7 @@ class _LowRes:
         # the blocks' pixels from the exact weights; NaN for padding pixels
         values = torch.bmm(torch.bmm(rows.block_weights[row_block], window),
                            cols.block_weights[col_block].transpose(1, 2))  # (m, rows, cols)
-        cell_tol = self.tol[index][:, None, None]
+        cell_tol = self.tol[index, g, k][:, None, None]
         positive = values > threshold + cell_tol
         above = above.index_add(0, index, _per_cell(positive))
         undecided = torch.zeros(n, dtype=torch.int64, device=device)
@@ -387,7 +387,8 @@ class SamMasks:
     """Everything the reference reports per mask, in its order (NMS order).
 
     boxes: (N, 4) int64 XYXY with inclusive pixel coordinates (the reference's `bbox` is
-    this in XYWH); stability: float32 stability scores; points: (N, 2) float64 (x, y)
+    this in XYWH); stability: float32 stability scores (NaN when not asked for); points:
+    (N, 2) float64 (x, y)
     prompt of each mask; stats: candidate counts after each stage and how many candidates
     were upsampled to full resolution.
     """
@@ -483,10 +484,13 @@ class SamMaskGenerator:
     # ----------------------------------------------------------------- generation
 
     def generate(self, image: np.ndarray) -> MaskProposals:
-        return self.generate_detailed(image).proposals
+        return self.generate_detailed(image, with_stability=False).proposals
 
     @torch.inference_mode()
-    def generate_detailed(self, image: np.ndarray) -> SamMasks:
+    def generate_detailed(self, image: np.ndarray, with_stability: bool = True) -> SamMasks:
+        """The proposals plus the reference's per-mask records. with_stability=False skips
+        the output masks' stability scores (NaN then), which some masks can only get at
+        full resolution; the stability *filter* is exact either way."""
         from segment_anything.utils.amg import build_point_grid
 
         image = _check_image(image)
@@ -513,7 +517,11 @@ class SamMaskGenerator:
         candidates, boxes = candidates[keep], boxes[keep]
         stats["after_nms"] = int(candidates.numel())
 
-        stability, unknown = self._survivor_stability(low_res, candidates, geometry)
+        if with_stability:
+            stability, unknown = self._survivor_stability(low_res, candidates, geometry)
+        else:
+            stability = torch.full((int(candidates.numel()),), float("nan"), device=self.device)
+            unknown = torch.zeros(int(candidates.numel()), dtype=torch.bool, device=self.device)
         masks, areas, stability = self._full_res(low_res, candidates, input_size,
                                                  (height, width), stability, unknown)
         stats["upsampled"] = upsampled + int(candidates.numel())
@@ -716,7 +724,7 @@ class SamMaskGenerator:
             target = torch.from_numpy(masks[part])
             if logits.device.type == "cpu":
                 torch.gt(logits, threshold, out=target)
-                areas[part] = target.flatten(1).sum(1).numpy()
+                areas[part] = np.count_nonzero(masks[part].reshape(len(target), -1), axis=1)
             else:
                 binary = logits > threshold
                 areas[part] = binary.flatten(1).sum(1).cpu().numpy()
