@@ -272,6 +272,11 @@ def test_proposals_structure_and_config(model):
     assert proposals.scores.dtype == np.float32 and proposals.areas.dtype == np.int64
     np.testing.assert_array_equal(proposals.areas, proposals.masks.sum(axis=(1, 2)))
     assert generator.name == "sam"
+    detailed = generator.generate_detailed(image)
+    np.testing.assert_array_equal(detailed.proposals.masks, proposals.masks)
+    assert detailed.boxes.shape == (len(proposals), 4) and detailed.points.shape[1] == 2
+    assert not np.isnan(detailed.stability).any()
+    assert np.isnan(generator.generate_detailed(image, with_stability=False).stability).all()
 
     config = generator.config()
     for key in ("variant", "checkpoint", "points_per_side", "pred_iou_thresh",

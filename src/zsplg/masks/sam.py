@@ -1,29 +1,30 @@
 """SAM everything-mode masks on the official `segment-anything` package, built for throughput.
 
 The output equals `SamAutomaticMaskGenerator`'s (one crop layer, binary masks): the same
-candidates, the same predicted-IoU and stability filters, the same box NMS, the same masks.
-What changes is where the work goes. The reference decodes the point grid 64 prompts at a
-time and upsamples *every* candidate's 256 x 256 logits to the full image (two bilinear
-resizes: to the encoder's 1024 square, then to the original size) before filtering, then
-RLE-encodes the survivors in Python. Here:
+candidates, the same predicted-IoU and stability filters, the same box NMS, the same masks,
+scores and boxes. What changes is where the work goes. The reference decodes the point grid
+64 prompts at a time and upsamples *every* candidate's 256 x 256 logits to the full image
+(two bilinear resizes: to the encoder's 1024 square, then to the original size) before it
+filters, then RLE-encodes the survivors in Python. Here:
 
 1. the image is encoded once and all grid points are decoded in one batch (on CUDA, under
-   bf16/fp16 autocast);
+   bf16/fp16 autocast), through the predictor's prompt encoder and mask decoder minus
+   `predict_torch`'s upsampling;
 2. the predicted-IoU filter runs on the decoder's scores, before any upsampling;
-3. the stability score (and, for the survivors, the box that NMS needs) is computed from the
-   LOW-RESOLUTION logits, exactly: the two bilinear resizes compose into one separable linear
-   map whose weights are read off by resizing identity matrices with the same
-   `F.interpolate` calls. Each full-resolution pixel is then a convex combination of a K x K
-   (K <= 3) low-res window, so wherever a window lies wholly above or below a threshold its
-   pixels are decided without being computed, and only the pixels of windows that straddle
-   the threshold (a thin band along the mask contour) are evaluated, in float64 from the
-   same weights. A pixel whose value lies within float32 rounding (a relative 1e-5) of the
-   threshold cannot be decided this way; a candidate whose filter decision or box could
-   hinge on such a pixel takes the reference path (full-resolution `postprocess_masks`);
-4. box NMS runs on those exact boxes, and only the NMS survivors are upsampled to full
-   resolution, with the reference's own `Sam.postprocess_masks`.
+3. the stability score, and for its survivors the box that NMS needs, are computed from the
+   LOW-RESOLUTION logits, exactly: the two resizes compose into one separable linear map
+   whose weights are read off by resizing identity matrices with the same `F.interpolate`
+   calls, so each full-resolution pixel is a convex combination of a K x K (K <= 3) low-res
+   window. Where a window lies wholly above or below a threshold its pixels are decided
+   without being computed; only the pixels of windows that straddle it (a thin band along
+   the contour) are evaluated, from the same weights. A pixel within float32 rounding of the
+   threshold (1e-5 of the window's largest |logit|; the rounding itself stays below 2e-6)
+   cannot be decided; a candidate whose filter decision or box could hinge on one takes the
+   reference path (full-resolution `postprocess_masks`), so the result stays exact;
+4. box NMS runs on those boxes, and only the NMS survivors are upsampled to full resolution,
+   with the model's own `postprocess_masks`, straight into the output array.
 
-So the full-resolution cost scales with the number of output masks, not with 3 x points.
+So the full-resolution work scales with the number of output masks, not with 3 x points.
 """
 
 from __future__ import annotations
