@@ -253,8 +253,8 @@ def test_hand_computed_names_with_background():
 
 def test_hand_computed_names_without_background_class():
     proposals, features = three_region_scene()
-    annotation = make_annotator(background_id=None, uncovered="background").annotate(
-        proposals, features)
+    annotation = make_annotator(background_id=None, uncovered="background",
+                                unknown="ignore").annotate(proposals, features)
     assert annotation.mask_classes.tolist() == [3, 7, IGNORE_INDEX]
     assert (annotation.label[:, 0:4] == 3).all()
     assert (annotation.label[:, 4:8] == 7).all()
@@ -414,3 +414,23 @@ def test_zero_proposals(overlap):
     no_background = make_annotator(background_id=None, uncovered="background").annotate(
         proposals, features)
     assert (no_background.label == IGNORE_INDEX).all()
+
+
+def test_best_class_policy_names_every_mask_when_there_is_no_background():
+    proposals, features = three_region_scene()
+    annotation = make_annotator(background_id=None, unknown="best-class",
+                                overlap="small-on-top").annotate(proposals, features)
+    # The third mask matches nothing above the threshold: it still gets a real class id,
+    # and its confidence is a proper probability over the classes only.
+    assert annotation.mask_classes[:2].tolist() == [3, 7]
+    assert annotation.mask_classes[2] in CLASS_IDS
+    assert (annotation.label[:, 8:12] == annotation.mask_classes[2]).all()
+    assert 0 < annotation.mask_confidence[2] <= 1
+    # With a background class the policy changes nothing.
+    with_background = make_annotator(unknown="best-class").annotate(proposals, features)
+    assert with_background.mask_classes[2] == BACKGROUND
+
+
+def test_unknown_policy_is_validated():
+    with pytest.raises(ValueError, match="unknown"):
+        AnnotatorConfig(unknown="guess")

@@ -57,6 +57,7 @@ class LabelConfig:
     temperature: float | None = None
     overlap: str = "average"
     uncovered: str = "ignore"
+    unknown: str = "best-class"
     max_side: int = 1024
     sam_checkpoint: str | None = None
     clip_checkpoint: str | None = None
@@ -70,7 +71,7 @@ class LabelConfig:
     def annotator_config(self) -> AnnotatorConfig:
         return AnnotatorConfig(background_threshold=self.background_threshold,
                                temperature=self.temperature, overlap=self.overlap,
-                               uncovered=self.uncovered)
+                               uncovered=self.uncovered, unknown=self.unknown)
 
 
 def pick_device(device: str) -> str:
