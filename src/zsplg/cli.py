@@ -44,7 +44,7 @@ def label(
     temperature: Annotated[float | None, typer.Option(help="Softmax temperature (backend default if unset).")] = None,
     overlap: Annotated[str, typer.Option(help=f"Overlap policy: {', '.join(OVERLAP_POLICIES)}.")] = "average",
     uncovered: Annotated[str, typer.Option(help=f"Uncovered pixels: {', '.join(UNCOVERED_POLICIES)}.")] = "ignore",
-    unknown: Annotated[str, typer.Option(help="Specs without a background class: a mask no class matches becomes its best class (best-class) or 255 (ignore).")] = "best-class",
+    unknown: Annotated[str, typer.Option(help="Specs without a background class: a mask no class matches becomes 255 (ignore) or its best class (best-class).")] = "ignore",
     max_side: Annotated[int, typer.Option(help="Images are processed at most this long side.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Relabel a folder made with other settings.")] = False,

@@ -164,6 +164,8 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     if len(errors) > 10:
         console.print(f"[yellow]... and {len(errors) - 10} more (see the JSON)[/]")
     metrics["errors"] = errors
+    metrics["inputs"] = {"pred": str(pred_dir), "list": str(pair_list), "classes": spec.to_dict(),
+                         "ignore_index": spec.ignore_index}
     console.print(format_table(metrics))
     json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
     write_eval_outputs(json_path, metrics, cm, spec.names)

@@ -57,7 +57,7 @@ class LabelConfig:
     temperature: float | None = None
     overlap: str = "average"
     uncovered: str = "ignore"
-    unknown: str = "best-class"
+    unknown: str = "ignore"
     max_side: int = 1024
     sam_checkpoint: str | None = None
     clip_checkpoint: str | None = None
