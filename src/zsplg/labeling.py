@@ -269,6 +269,10 @@ def run_label(config: LabelConfig, console: Console | None = None,
     run_info["seconds"] = round(seconds, 3)
     run_info["seconds_per_image"] = round(seconds / done, 4) if done else None
     run_info["failures"] = failures
+    cache = labeller.mask_generator
+    if hasattr(cache, "hits"):  # CachedMaskGenerator: did relabelling skip the mask stage?
+        run_info["mask_cache"] = {"dir": str(cache.cache_dir), "hits": cache.hits,
+                                  "misses": cache.misses}
     _write_run(out, run_info, status="finished")
     return run_info
 
