@@ -193,7 +193,7 @@ def test_run_json(labelled, workspace):
     assert settings["masks"] == "superpixel"  # "auto", resolved
     assert settings["vl"] == "conse"
     assert settings["background_threshold"] is None
-    assert settings["overlap"] == "small-on-top" and settings["uncovered"] == "ignore"
+    assert settings["overlap"] == "average" and settings["uncovered"] == "ignore"
     assert settings["classes"] == str(workspace / "classes.txt")
     assert "out" not in settings and "images_dir" not in settings  # not output-relevant
     assert run["inputs"]["images_dir"] == str(workspace / "images")

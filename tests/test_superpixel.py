@@ -176,8 +176,8 @@ def test_config_and_factory():
     assert config["name"] == "superpixel"
     assert config["scales"] == (50.0,) and config["work_side"] == 128
     assert resolve_mask_generator_name("auto") == "superpixel"
-    with pytest.raises(ValueError, match="sam"):
-        resolve_mask_generator_name("sam")
+    with pytest.raises(ValueError, match="segformer"):
+        resolve_mask_generator_name("segformer")
 
 
 def test_scales_are_rescaled_for_smaller_images(monkeypatch):

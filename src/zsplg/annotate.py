@@ -185,6 +185,8 @@ class Annotator:
                                                              mask_confidence)
         if self.config.uncovered == "background" and self.background_id is not None:
             label[~covered] = self.background_id
+        # Float sums of probabilities can land a hair outside [0, 1].
+        np.clip(confidence, 0.0, 1.0, out=confidence)
         return Annotation(label=label, confidence=confidence, mask_classes=mask_classes,
                           mask_confidence=mask_confidence)
 

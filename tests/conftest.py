@@ -1,0 +1,19 @@
+"""Test-wide isolation: no test may see model weights a developer has cached,
+or `auto` backend selection would depend on the machine."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _empty_weights_dir(tmp_path_factory):
+    previous = os.environ.get("ZSPLG_WEIGHTS_DIR")
+    os.environ["ZSPLG_WEIGHTS_DIR"] = str(tmp_path_factory.mktemp("no-weights"))
+    yield
+    if previous is None:
+        os.environ.pop("ZSPLG_WEIGHTS_DIR", None)
+    else:
+        os.environ["ZSPLG_WEIGHTS_DIR"] = previous
