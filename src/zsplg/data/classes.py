@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from zsplg.data.errors import InputError
+from zsplg.data.errors import InputError, read_text_input
 
 _TOP_KEYS = ("classes", "background", "ignore_index")
 _CLASS_KEYS = ("name", "synonyms", "prompts")
@@ -65,14 +65,7 @@ class ClassSpec:
 def load_class_spec(path: str | PathLike[str]) -> ClassSpec:
     """Read a ``.txt`` or ``.yaml``/``.yml`` class spec, validating everything up front."""
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "file not found")
-    if not p.is_file():
-        raise InputError(p, "not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(p, f"cannot read class spec: {exc}") from None
+    text = read_text_input(p, "class spec")
     suffix = p.suffix.lower()
     if suffix == ".txt":
         return _from_txt(p, text)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 
-from zsplg.data.errors import InputError
+from zsplg.data.errors import InputError, read_text_input
 from zsplg.data.images import IMAGE_EXTENSIONS
 
 
@@ -88,14 +88,7 @@ def read_pair_list(path: str | PathLike[str]) -> list[Sample]:
     each one and go on with the rest.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(p, "file not found")
-    if not p.is_file():
-        raise InputError(p, "not a file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(p, f"cannot read list: {exc}") from None
+    text = read_text_input(p, "list")
     base = Path(os.path.normpath(os.path.abspath(p.parent)))
     samples: list[Sample] = []
     seen: dict[str, int] = {}
