@@ -584,6 +584,8 @@ class SamMaskGenerator:
     def _decode_batches(self, features: torch.Tensor, in_points: torch.Tensor,
                         in_labels: torch.Tensor, batch: int,
                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        from zsplg.masks.sam_decoder import decode_point_prompts  # imports segment-anything
+
         prompt_encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         low_res, iou = [], []
         with self._autocast():
@@ -592,9 +594,8 @@ class SamMaskGenerator:
                 sparse, dense = prompt_encoder(
                     points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
                     masks=None)
-                masks, scores = decoder(image_embeddings=features, image_pe=dense_pe,
-                                        sparse_prompt_embeddings=sparse,
-                                        dense_prompt_embeddings=dense, multimask_output=True)
+                masks, scores = decode_point_prompts(decoder, features, dense_pe, sparse, dense,
+                                                     multimask_output=True)
                 low_res.append(masks.float().flatten(0, 1))
                 iou.append(scores.float().flatten(0, 1))
                 del masks, scores, sparse, dense
