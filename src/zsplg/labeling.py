@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -66,7 +66,6 @@ class LabelConfig:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
     overwrite: bool = False
-    extra: dict = field(default_factory=dict)
 
     def annotator_config(self) -> AnnotatorConfig:
         return AnnotatorConfig(background_threshold=self.background_threshold,
