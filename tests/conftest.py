@@ -17,3 +17,14 @@ def _empty_weights_dir(tmp_path_factory):
         os.environ.pop("ZSPLG_WEIGHTS_DIR", None)
     else:
         os.environ["ZSPLG_WEIGHTS_DIR"] = previous
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module with one torch thread (set back afterwards)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

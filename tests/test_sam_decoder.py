@@ -25,13 +25,8 @@ from zsplg.masks.sam_decoder import decode_point_prompts
 IMG_SIZE = 256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The test machine's cores are shared: one thread avoids OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_parts(dim: int = 32, depth: int = 2, grid: int = 16, seed: int = 0,

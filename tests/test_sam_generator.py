@@ -42,13 +42,8 @@ from zsplg.masks.sam import (
 IMG_SIZE = 256  # the tiny encoder's input side: 16 x 16 embeddings, 64 x 64 mask logits
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The test machine's cores are shared: one thread avoids OpenMP contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# The test machine's cores are shared: one thread avoids OpenMP contention.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LocalisedDecoder(torch.nn.Module):

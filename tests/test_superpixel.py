@@ -111,15 +111,21 @@ def test_deterministic(generator, astronaut_proposals):
     np.testing.assert_array_equal(first.areas, second.areas)
 
 
-def test_large_image_is_segmented_at_work_side_and_returned_at_full_size(monkeypatch):
-    seen_shapes = []
+@pytest.fixture()
+def seen_shapes(monkeypatch) -> list:
+    """The shapes of the images felzenszwalb is called on."""
+    shapes = []
     real = superpixel_module.felzenszwalb
 
     def recording(image, **kwargs):
-        seen_shapes.append(image.shape)
+        shapes.append(image.shape)
         return real(image, **kwargs)
 
     monkeypatch.setattr(superpixel_module, "felzenszwalb", recording)
+    return shapes
+
+
+def test_large_image_is_segmented_at_work_side_and_returned_at_full_size(seen_shapes):
     image = np.empty((1500, 1000, 3), dtype=np.uint8)
     image[:] = BACKGROUND_RGB
     image[200:700, 100:600] = (220, 40, 40)
@@ -135,15 +141,7 @@ def test_large_image_is_segmented_at_work_side_and_returned_at_full_size(monkeyp
     assert all(shape == work for shape in seen_shapes)
 
 
-def test_small_image_is_not_upscaled(monkeypatch):
-    seen_shapes = []
-    real = superpixel_module.felzenszwalb
-
-    def recording(image, **kwargs):
-        seen_shapes.append(image.shape)
-        return real(image, **kwargs)
-
-    monkeypatch.setattr(superpixel_module, "felzenszwalb", recording)
+def test_small_image_is_not_upscaled(seen_shapes):
     SuperpixelGenerator().generate(synthetic_scene())
     assert seen_shapes and all(shape == (256, 320, 3) for shape in seen_shapes)
 
