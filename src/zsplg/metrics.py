@@ -65,6 +65,16 @@ class ConfusionMatrix:
         counts = np.bincount(g * (c + 1) + p, minlength=c * (c + 1))
         self._mat += counts.reshape(c, c + 1)
 
+    @classmethod
+    def from_counts(cls, counts: np.ndarray, ignore_index: int = IGNORE_INDEX) -> ConfusionMatrix:
+        """Rebuild a matrix from its (C, C + 1) counts, e.g. after a cross-process sum."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 2 or counts.shape[1] != counts.shape[0] + 1:
+            raise ValueError(f"counts must have shape (C, C + 1), got {counts.shape}")
+        cm = cls(counts.shape[0], ignore_index)
+        cm._mat = counts.copy()
+        return cm
+
     def _check_compatible(self, other: ConfusionMatrix) -> None:
         if not isinstance(other, ConfusionMatrix):
             raise TypeError(f"cannot merge ConfusionMatrix with {type(other).__name__}")

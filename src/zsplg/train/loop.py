@@ -1,0 +1,432 @@
+"""The training run: data, model, optimiser, schedule, checkpoints, validation, logs.
+
+Exact resumption is a design constraint, not an afterthought: the data order
+comes from :class:`StreamSampler` (a function of the seed and the step), the
+augmentation RNG from (seed, epoch, index), and the torch RNG (dropout,
+feature perturbation) is re-seeded from (seed, rank, step) before every step.
+Nothing random depends on history, so resuming from step k's checkpoint
+replays steps k+1... exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from zsplg import IGNORE_INDEX
+from zsplg.data.classes import ClassSpec, load_class_spec
+from zsplg.data.errors import InputError
+from zsplg.data.labels import atomic_write_text
+from zsplg.data.sources import Sample, list_images, read_pair_list
+from zsplg.metrics import ConfusionMatrix, compute_metrics
+from zsplg.progress import make_progress
+from zsplg.train.checkpoint import load_checkpoint, save_checkpoint
+from zsplg.train.config import TrainConfig
+from zsplg.train.datasets import LabelledDataset, UnlabelledDataset, ValDataset
+from zsplg.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from zsplg.train.inference import predict_logits
+from zsplg.train.methods import StepSettings, semi_supervised_step, supervised_step
+from zsplg.train.model import build_model
+
+LABELLED_STREAM, UNLABELLED_STREAM, MIX_STREAM = 0, 1, 2
+
+
+class ResumeMismatchError(ValueError):
+    """The output folder holds a run made with other settings."""
+
+
+def pick_device(name: str, dist_info: DistInfo) -> str:
+    if name == "auto":
+        return f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist_info.enabled:
+        return f"cuda:{dist_info.local_rank}"
+    return name
+
+
+def labelled_samples(path: str, what: str) -> list[Sample]:
+    samples = read_pair_list(path)
+    unlabelled = [s for s in samples if s.label is None]
+    if unlabelled:
+        raise InputError(path, f"{what} list: {len(unlabelled)} line(s) have no label, "
+                               f"e.g. {unlabelled[0].image}")
+    return samples
+
+
+def unlabelled_samples(path: str) -> list[Sample]:
+    """A folder of images or an image list; labels in the list are not used."""
+    p = Path(path)
+    return list_images(p) if p.is_dir() else read_pair_list(p)
+
+
+def pseudo_label_folder(path: str) -> Path:
+    """Accept the `zsplg label` output folder or its labels/ subfolder."""
+    p = Path(path)
+    if not p.is_dir():
+        raise InputError(p, "pseudo-label folder not found")
+    return p / "labels" if (p / "labels").is_dir() else p
+
+
+def check_pseudo_coverage(samples: list[Sample], folder: Path) -> int:
+    found = sum((folder / f"{s.key}.png").is_file() for s in samples)
+    if found == 0:
+        example = folder / f"{samples[0].key}.png"
+        raise InputError(folder, f"no pseudo label for any of the {len(samples)} unlabelled "
+                                 f"images (looked for e.g. {example}); run `zsplg label` on "
+                                 "the same images or folder first")
+    return found
+
+
+def poly_lr(base: float, step: int, total: int, power: float) -> float:
+    return base * (1 - step / total) ** power
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    state = np.random.SeedSequence([seed, rank, step]).generate_state(1)[0]
+    torch.manual_seed(int(state))
+
+
+def _infinite(loader: DataLoader) -> Iterator[Any]:
+    yield from loader  # the sampler is infinite, so this never ends
+
+
+def _to(batch: Any, device: str, channels_last: bool) -> Any:
+    if isinstance(batch, dict):
+        return {k: _to(v, device, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device, channels_last) for v in batch)
+    if isinstance(batch, torch.Tensor):
+        if batch.dim() == 4 and channels_last:
+            return batch.to(device, non_blocking=True, memory_format=torch.channels_last)
+        return batch.to(device, non_blocking=True)
+    return batch
+
+
+class Trainer:
+    """One ``zsplg train`` run (one process; under torchrun one per rank)."""
+
+    def __init__(self, config: TrainConfig, console: Console | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.out = Path(config.out)
+        self.spec: ClassSpec = load_class_spec(config.classes)
+        self.dist = init_distributed(pick_device(config.device, DistInfo()))
+        self.device = pick_device(config.device, self.dist)
+        self.use_cuda = self.device.startswith("cuda")
+        self.amp_dtype = self._amp_dtype()
+        self.channels_last = config.channels_last
+        self._load_data()
+        self._build_model()
+
+    # ----------------------------------------------------------------- setup
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.config.amp
+        if amp == "off" or (amp == "auto" and not self.use_cuda):
+            return None
+        if not self.use_cuda:
+            raise ValueError("amp: mixed precision needs a CUDA device (use amp: off on CPU)")
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    def autocast(self) -> Any:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def _load_data(self) -> None:
+        c = self.config
+        self.labelled = labelled_samples(c.labelled, "labelled")
+        self.val = labelled_samples(c.val, "validation") if c.val else []
+        self.unlabelled = unlabelled_samples(c.unlabelled) if c.unlabelled else []
+        self.pseudo_dir: Path | None = None
+        self.pseudo_found = 0
+        if c.method == "enhanced":
+            assert c.pseudo_labels is not None
+            self.pseudo_dir = pseudo_label_folder(c.pseudo_labels)
+            self.pseudo_found = check_pseudo_coverage(self.unlabelled, self.pseudo_dir)
+
+    def _build_model(self) -> None:
+        c = self.config
+        self.model_args = {"backbone": c.backbone, "num_classes": self.spec.num_classes,
+                           "fp_dropout": c.fp_dropout}
+        torch.manual_seed(c.seed)  # identical initial heads on every rank
+        model = build_model(c.backbone, self.spec.num_classes, pretrained=c.pretrained,
+                            weights_path=c.backbone_weights, fp_dropout=c.fp_dropout)
+        if self.dist.enabled and self.use_cuda:
+            # SyncBatchNorm needs CUDA; gloo (CPU) runs keep per-process statistics.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        model = model.to(self.device, memory_format=memory_format)
+        self.model = model
+        self.optimizer = torch.optim.SGD(model.param_groups(c.lr, c.head_lr_multiplier),
+                                         lr=c.lr, momentum=c.momentum,
+                                         weight_decay=c.weight_decay)
+        for group in self.optimizer.param_groups:
+            group["base_lr"] = group["lr"]
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.use_cuda else None
+            self.train_model: torch.nn.Module = DistributedDataParallel(
+                model, device_ids=ids, broadcast_buffers=False)
+        else:
+            self.train_model = model
+
+    def _loader(self, dataset: Any, batch_size: int, stream: int, start_batch: int) -> Iterator:
+        from zsplg.train.sampling import EpochIndexed, StreamSampler
+
+        sampler = StreamSampler(len(dataset), batch_size, self.config.seed, stream,
+                                start_batch=start_batch, rank=self.dist.rank,
+                                world_size=self.dist.world_size)
+        # Its own generator: creating the iterator must not draw from the global RNG,
+        # which seed_step() owns (else a resumed run's dropout would differ).
+        generator = torch.Generator().manual_seed(self.config.seed * 10 + stream)
+        loader = DataLoader(EpochIndexed(dataset), batch_size=batch_size, sampler=sampler,
+                            num_workers=self.config.workers, pin_memory=self.use_cuda,
+                            persistent_workers=False, generator=generator)
+        return _infinite(loader)
+
+    def _streams(self, start_step: int) -> tuple[Iterator, Iterator | None, Iterator | None]:
+        c = self.config
+        start = start_step * c.accumulate
+        scale = (c.scale_min, c.scale_max)
+        lab = LabelledDataset(self.labelled, c.crop_size, scale_range=scale, seed=c.seed,
+                              num_classes=self.spec.num_classes)
+        lab_it = self._loader(lab, c.batch_size, LABELLED_STREAM, start)
+        if c.method == "supervised":
+            return lab_it, None, None
+        unl = UnlabelledDataset(self.unlabelled, c.crop_size,
+                                pseudo_label_dir=str(self.pseudo_dir) if self.pseudo_dir else None,
+                                scale_range=scale, seed=c.seed)
+        return (lab_it, self._loader(unl, c.u_batch_size, UNLABELLED_STREAM, start),
+                self._loader(unl, c.u_batch_size, MIX_STREAM, start))
+
+    # ---------------------------------------------------------------- resume
+    @property
+    def latest_path(self) -> Path:
+        return self.out / "checkpoints" / "latest.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out / "checkpoints" / "best.pt"
+
+    def _resume(self) -> tuple[int, float | None, int | None]:
+        if self.config.overwrite or not self.latest_path.exists():
+            return 0, None, None
+        state = load_checkpoint(self.latest_path)
+        previous = state.get("config", {})
+        ours = self.config.result_settings()
+        changed = sorted(k for k in ours if previous.get(k) != ours[k])
+        if changed:
+            raise ResumeMismatchError(
+                f"{self.latest_path}: this folder holds a run with other settings "
+                f"({', '.join(changed)}); use --overwrite to start again, or another --out")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        return int(state["step"]), state.get("best_miou"), state.get("best_step")
+
+    def _checkpoint_state(self, step: int, best_miou: float | None,
+                          best_step: int | None) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "step": step, "best_miou": best_miou,
+                "best_step": best_step, "config": self.config.to_dict(),
+                "model_args": self.model_args, "classes": self.spec.to_dict(),
+                "class_names": self.spec.names}
+
+    # ------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        """mIoU over the validation list, split across ranks and summed."""
+        if not self.val:
+            return None
+        self.model.eval()
+        dataset = ValDataset(self.val)
+        cm = ConfusionMatrix(self.spec.num_classes)
+        for i in range(self.dist.rank, len(dataset), self.dist.world_size):
+            image, mask, _key = dataset[i]
+            image = image.unsqueeze(0).to(self.device)
+            with self.autocast():
+                logits = predict_logits(self.model, image, self.config.val_mode,
+                                        window=self.config.crop_size)
+            pred = logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
+            cm.update(pred, mask.numpy())
+        matrix = all_reduce_sum(torch.from_numpy(cm.matrix.astype(np.int64)))
+        return compute_metrics(ConfusionMatrix.from_counts(matrix.numpy()), self.spec.names)
+
+    # ------------------------------------------------------------------ run
+    def _write_config(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        resolved = self.config.to_dict()
+        resolved["_resolved"] = {"device": self.device, "world_size": self.dist.world_size,
+                                 "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None,
+                                 "num_classes": self.spec.num_classes,
+                                 "class_names": self.spec.names,
+                                 "labelled_images": len(self.labelled),
+                                 "unlabelled_images": len(self.unlabelled),
+                                 "pseudo_labels_found": self.pseudo_found,
+                                 "val_images": len(self.val)}
+        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    def _history(self, start_step: int) -> Any:
+        path = self.out / "history.jsonl"
+        kept: list[str] = []
+        if start_step > 0 and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line).get("iter", 0) <= start_step:
+                        kept.append(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by kill -9
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+        return open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in run()
+
+    def _writer(self, start_step: int) -> Any:
+        if not self.config.tensorboard:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is a dependency, but keep training if it is absent
+            self.console.print("[yellow]tensorboard is not installed; no event files[/]")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step)
+
+    def _set_lr(self, step: int) -> float:
+        c = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = poly_lr(group["base_lr"], step, c.iters, c.poly_power)
+        return poly_lr(c.lr, step, c.iters, c.poly_power)
+
+    def _one_step(self, step: int, streams: tuple) -> dict[str, float]:
+        c = self.config
+        lab_it, unl_it, mix_it = streams
+        settings = StepSettings(method=c.method, policy=c.policy, conf_thresh=c.conf_thresh,
+                                smoothing=c.smoothing, weight_s1=c.weight_s1,
+                                weight_s2=c.weight_s2, weight_fp=c.weight_fp)
+        seed_step(c.seed, self.dist.rank, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        logs: dict[str, float] = {}
+        for micro in range(c.accumulate):
+            img_x, mask_x = _to(next(lab_it), self.device, self.channels_last)
+            sync = (micro == c.accumulate - 1 or not self.dist.enabled)
+            context = nullcontext() if sync else self.train_model.no_sync()
+            with context:
+                if c.method == "supervised":
+                    loss, micro_logs = supervised_step(self.train_model, img_x, mask_x,
+                                                       self.autocast())
+                else:
+                    u = _to(next(unl_it), self.device, self.channels_last)
+                    mix = _to(next(mix_it), self.device, self.channels_last)
+                    loss, micro_logs = semi_supervised_step(self.train_model, settings, img_x,
+                                                            mask_x, u, mix, self.autocast())
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss became {loss.item()} at step {step + 1}; "
+                                             "lower lr or check the labels")
+                self.scaler.scale(loss / c.accumulate).backward()
+            for k, v in micro_logs.items():
+                logs[k] = logs.get(k, 0.0) + v / c.accumulate
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logs
+
+    def run(self) -> dict:
+        """Train to ``iters`` steps (resuming if a checkpoint exists); returns final metrics."""
+        c = self.config
+        start_step, best_miou, best_step = self._resume()
+        main = self.dist.is_main
+        if main:
+            self._write_config()
+            history = self._history(start_step)
+            writer = self._writer(start_step)
+            if start_step:
+                self.console.print(f"resuming from step {start_step} ({self.latest_path})")
+        barrier()
+        streams = self._streams(start_step)
+        started = time.time()
+        progress = make_progress(self.console, unit="it") if main else None
+        try:
+            if progress:
+                progress.start()
+                task = progress.add_task(f"train {c.method}", total=c.iters,
+                                         completed=start_step)
+            for step in range(start_step, c.iters):
+                lr = self._set_lr(step)
+                logs = self._one_step(step, streams)
+                done = step + 1
+                if main and (done % c.log_every == 0 or done == c.iters):
+                    record = {"iter": done, "epoch": done * c.batch_size // len(self.labelled),
+                              "lr": lr, **logs}
+                    history.write(json.dumps(record) + "\n")
+                    history.flush()
+                    if writer:
+                        for key, value in record.items():
+                            if key not in ("iter", "epoch"):
+                                writer.add_scalar(f"train/{key}", value, done)
+                if self.val and (done % c.validation_interval == 0 or done == c.iters):
+                    metrics = self.validate()
+                    assert metrics is not None
+                    if main:
+                        history.write(json.dumps({"iter": done, "val": metrics}) + "\n")
+                        history.flush()
+                        miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+                        if writer:
+                            writer.add_scalar("val/miou", miou, done)
+                            for cls in metrics["per_class"]:
+                                if cls["iou"] is not None:
+                                    writer.add_scalar(f"val_iou/{cls['name']}", cls["iou"], done)
+                        if best_miou is None or miou > best_miou:
+                            best_miou, best_step = miou, done
+                            save_checkpoint(self.best_path,
+                                            self._checkpoint_state(done, best_miou, best_step))
+                        self.console.print(f"step {done}: val mIoU {miou:.2f} "
+                                           f"(best {best_miou:.2f} at {best_step})")
+                if main and (done % c.checkpoint_every == 0 or done == c.iters):
+                    save_checkpoint(self.latest_path,
+                                    self._checkpoint_state(done, best_miou, best_step))
+                if progress:
+                    progress.update(task, completed=done)
+                barrier()
+        finally:
+            if progress:
+                progress.stop()
+            if main:
+                history.close()
+                if writer:
+                    writer.close()
+        result: dict[str, Any] = {"method": c.method, "steps": c.iters,
+                                  "seconds_this_session": round(time.time() - started, 2),
+                                  "best_miou": best_miou, "best_step": best_step}
+        if main:
+            final = self._final_metrics()
+            result.update(final)
+            atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2))
+        return result
+
+    def _final_metrics(self) -> dict:
+        """The last validation record (the final model), read back from the history."""
+        path = self.out / "history.jsonl"
+        last: dict = {}
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "val" in record:
+                last = record["val"]
+        return last
+
+
+def train(config: TrainConfig, console: Console | None = None) -> dict:
+    return Trainer(config, console).run()
+
+
+__all__ = ["IGNORE_INDEX", "ResumeMismatchError", "Trainer", "train"]
