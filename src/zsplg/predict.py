@@ -47,7 +47,8 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Mo
     state = load_checkpoint(checkpoint)
     args = state["model_args"]
     model = build_model(args["backbone"], args["num_classes"], pretrained=False,
-                        fp_dropout=args.get("fp_dropout", 0.5))
+                        fp_dropout=args.get("fp_dropout", 0.5),
+                        head_channels=args.get("head_channels", 256))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:

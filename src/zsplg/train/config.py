@@ -44,6 +44,7 @@ class TrainConfig:
     weight_s2: float = 0.25
     weight_fp: float = 0.5
     fp_dropout: float = 0.5
+    head_channels: int = 256
     scale_min: float = 0.5
     scale_max: float = 2.0
     accumulate: int = 1
@@ -75,7 +76,7 @@ class TrainConfig:
             raise ValueError("method 'enhanced' needs pseudo_labels: the folder written by "
                              "`zsplg label`")
         positive = ("crop_size", "batch_size", "iters", "accumulate", "checkpoint_every",
-                    "log_every")
+                    "log_every", "head_channels")
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}: must be at least 1, got {getattr(self, key)}")

@@ -159,10 +159,11 @@ class Trainer:
     def _build_model(self) -> None:
         c = self.config
         self.model_args = {"backbone": c.backbone, "num_classes": self.spec.num_classes,
-                           "fp_dropout": c.fp_dropout}
+                           "fp_dropout": c.fp_dropout, "head_channels": c.head_channels}
         torch.manual_seed(c.seed)  # identical initial heads on every rank
         model = build_model(c.backbone, self.spec.num_classes, pretrained=c.pretrained,
-                            weights_path=c.backbone_weights, fp_dropout=c.fp_dropout)
+                            weights_path=c.backbone_weights, fp_dropout=c.fp_dropout,
+                            head_channels=c.head_channels)
         if self.dist.enabled and self.use_cuda:
             # SyncBatchNorm needs CUDA; gloo (CPU) runs keep per-process statistics.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -206,11 +207,18 @@ class Trainer:
         lab_it = self._loader(lab, c.batch_size, LABELLED_STREAM, start)
         if c.method == "supervised":
             return lab_it, None, None
-        unl = UnlabelledDataset(self.unlabelled, c.crop_size,
-                                pseudo_label_dir=str(self.pseudo_dir) if self.pseudo_dir else None,
-                                scale_range=scale, seed=c.seed)
-        return (lab_it, self._loader(unl, c.u_batch_size, UNLABELLED_STREAM, start),
-                self._loader(unl, c.u_batch_size, MIX_STREAM, start))
+        pseudo = str(self.pseudo_dir) if self.pseudo_dir else None
+
+        def unlabelled(seed: int) -> UnlabelledDataset:
+            return UnlabelledDataset(self.unlabelled, c.crop_size, pseudo_label_dir=pseudo,
+                                     scale_range=scale, seed=seed,
+                                     num_classes=self.spec.num_classes)
+
+        # The CutMix source gets its own augmentation seed, so an image drawn by both
+        # streams in one epoch is still two independent crops (as with UniMatch's two loaders).
+        return (lab_it,
+                self._loader(unlabelled(c.seed), c.u_batch_size, UNLABELLED_STREAM, start),
+                self._loader(unlabelled(c.seed + 1), c.u_batch_size, MIX_STREAM, start))
 
     # ---------------------------------------------------------------- resume
     @property

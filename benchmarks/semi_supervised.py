@@ -1,0 +1,164 @@
+"""Accuracy of the training methods at the same iteration budget.
+
+Rows: supervised on the labelled subset, unimatch, enhanced (one row per
+policy, or the policies given), and supervised on every training image (the
+upper bound). CamVid: 46 labelled images (benchmarks/splits.py), 321
+unlabelled, val.txt. Kvasir-SEG: 1/8 labelled, a fixed 20 % held out; its
+images are resized once to --kvasir-side (originals reach 1920 px, which a CPU
+budget cannot afford) into a cache folder.
+
+Pseudo labels for `enhanced` come from a `zsplg label` output folder given by
+--pseudo-labels (made with the best labeller available; see benchmarks/README.md).
+
+    python benchmarks/semi_supervised.py --dataset camvid --iters 300 \
+        --pseudo-labels /path/to/label-run --out /tmp/semi
+
+Prints one JSON object: a row per method with val mIoU and wall seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from splits import DATA, camvid_split, kvasir_split  # noqa: E402
+
+from zsplg.train.config import TrainConfig  # noqa: E402
+from zsplg.train.loop import train  # noqa: E402
+from zsplg.train.targets import POLICIES  # noqa: E402
+
+
+def _write_list(path: Path, root: Path, lines: list[str], images_only: bool = False) -> Path:
+    out = []
+    for line in lines:
+        image, label = line.split()
+        out.append(str(root / image) if images_only else f"{root / image} {root / label}")
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def _resized_kvasir(side: int, cache: Path) -> Path:
+    """A copy of Kvasir-SEG with long side ``side`` (labels nearest-neighbour)."""
+    src = DATA / "kvasir-seg"
+    dst = cache / f"kvasir-{side}"
+    done = dst / ".done"
+    if done.exists():
+        return dst
+    for line in (src / "all.txt").read_text().split("\n"):
+        if not line.strip():
+            continue
+        image_rel, label_rel = line.split()
+        image = Image.open(src / image_rel).convert("RGB")
+        scale = side / max(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+        (dst / image_rel).parent.mkdir(parents=True, exist_ok=True)
+        (dst / label_rel).parent.mkdir(parents=True, exist_ok=True)
+        image.resize(size, Image.BILINEAR).save((dst / image_rel).with_suffix(".jpg"), quality=95)
+        label = Image.open(src / label_rel)
+        label.resize(size, Image.NEAREST).save(dst / label_rel)
+    for name in ("all.txt", "classes.txt"):
+        text = (src / name).read_text()
+        if name == "all.txt":
+            text = "\n".join(
+                f"{str(Path(i).with_suffix('.jpg'))} {lab}"
+                for i, lab in (x.split() for x in text.split("\n") if x.strip())) + "\n"
+        (dst / name).write_text(text)
+    done.write_text("ok")
+    return dst
+
+
+def prepare(dataset: str, work: Path, kvasir_side: int) -> dict[str, Path]:
+    work.mkdir(parents=True, exist_ok=True)
+    if dataset == "camvid":
+        root, split = DATA / "camvid", camvid_split()
+    else:
+        root = _resized_kvasir(kvasir_side, work)
+        split = kvasir_split(root)
+    return {"root": root, "classes": root / "classes.txt",
+            "labelled": _write_list(work / "labelled.txt", root, split["labelled"]),
+            "unlabelled": _write_list(work / "unlabelled.txt", root, split["unlabelled"], True),
+            "all_train": _write_list(work / "all_train.txt", root, split["all_train"]),
+            "val": _write_list(work / "val.txt", root, split["val"])}
+
+
+def run_row(name: str, files: dict[str, Path], out: Path, args: argparse.Namespace,
+            **settings: object) -> dict:
+    config = TrainConfig(classes=str(files["classes"]), out=str(out / name),
+                         val=str(files["val"]), backbone=args.backbone,
+                         crop_size=args.crop, batch_size=args.batch_size, iters=args.iters,
+                         lr=args.lr, workers=args.workers, seed=args.seed,
+                         val_every=args.iters, checkpoint_every=max(args.iters // 4, 1),
+                         log_every=10, tensorboard=False, overwrite=True, **settings)
+    started = time.time()
+    result = train(config)
+    row = {"row": name, "miou": round(result["miou"], 2), "seconds": round(time.time() - started, 1),
+           "per_class": {c["name"]: c["iou"] for c in result["per_class"]}}
+    print(json.dumps({"progress": row}), file=sys.stderr, flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=("camvid", "kvasir"), default="camvid")
+    parser.add_argument("--rows", default="supervised,unimatch,enhanced,full",
+                        help="comma list of supervised, unimatch, enhanced, full")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--pseudo-labels", type=Path, default=None)
+    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kvasir-side", type=int, default=320)
+    parser.add_argument("--out", type=Path, default=Path("semi-supervised-bench"))
+    args = parser.parse_args()
+    rows_wanted = args.rows.split(",")
+    if "enhanced" in rows_wanted and args.pseudo_labels is None:
+        parser.error("the enhanced row needs --pseudo-labels (a `zsplg label` output folder)")
+
+    files = prepare(args.dataset, args.out / "lists", args.kvasir_side)
+    rows = []
+    for row in rows_wanted:
+        if row == "supervised":
+            rows.append(run_row("supervised", files, args.out, args, method="supervised",
+                                labelled=str(files["labelled"])))
+        elif row == "full":
+            rows.append(run_row("supervised-all", files, args.out, args, method="supervised",
+                                labelled=str(files["all_train"])))
+        elif row == "unimatch":
+            rows.append(run_row("unimatch", files, args.out, args, method="unimatch",
+                                labelled=str(files["labelled"]),
+                                unlabelled=str(files["unlabelled"])))
+        elif row == "enhanced":
+            for policy in args.policies.split(","):
+                rows.append(run_row(f"enhanced-{policy}", files, args.out, args,
+                                    method="enhanced", policy=policy,
+                                    labelled=str(files["labelled"]),
+                                    unlabelled=str(files["unlabelled"]),
+                                    pseudo_labels=str(args.pseudo_labels)))
+        else:
+            parser.error(f"unknown row {row!r}")
+    by_name = {r["row"]: r["miou"] for r in rows}
+    enhanced = [v for k, v in by_name.items() if k.startswith("enhanced")]
+    summary = {"dataset": args.dataset, "iters": args.iters, "batch_size": args.batch_size,
+               "crop": args.crop, "backbone": args.backbone, "lr": args.lr,
+               "labelled_images": len(files["labelled"].read_text().split()) // 2,
+               "rows": rows}
+    if enhanced and "unimatch" in by_name and "supervised" in by_name:
+        summary["claim_enhanced_ge_unimatch_gt_supervised"] = bool(
+            max(enhanced) >= by_name["unimatch"] > by_name["supervised"])
+    print(json.dumps(summary, indent=2, default=lambda x: None if x is None
+                     or (isinstance(x, float) and np.isnan(x)) else x))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The labelled subsets the benchmarks share, chosen once so every benchmark agrees.
+
+CamVid's semi-supervised setting labels 46 of its 367 training images. They
+are `random.Random(0).sample(sorted_train_lines, 46)`: the label-quality
+benchmark calibrates on them and the training benchmark trains on them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+CAMVID_LABELLED = 46
+
+
+def camvid_labelled_subset(root: str | Path) -> list[str]:
+    """The 46 labelled lines of CAMVID/train.txt, in sampled order (paths as in the file)."""
+    lines = sorted(line.strip() for line in (Path(root) / "train.txt").read_text().splitlines()
+                   if line.strip())
+    return random.Random(0).sample(lines, CAMVID_LABELLED)
+
+
+def write_list(lines: list[str], root: str | Path, out: str | Path) -> Path:
+    """A pair-list of `lines` (relative to `root`) that works from any folder:
+    entries are made absolute."""
+    root = Path(root).resolve()
+    rows = []
+    for line in lines:
+        rows.append(" ".join(str(root / field) for field in line.split()))
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def camvid_lists(root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """(labelled list, unlabelled-with-gt list) of CamVid train, written into out_dir.
+
+    The second holds the other 321 train images, with their ground truth, for
+    scoring pseudo labels of images the calibration never saw.
+    """
+    labelled = camvid_labelled_subset(root)
+    chosen = set(labelled)
+    rest = [line.strip() for line in (Path(root) / "train.txt").read_text().splitlines()
+            if line.strip() and line.strip() not in chosen]
+    out_dir = Path(out_dir)
+    return (write_list(labelled, root, out_dir / "camvid_labelled.txt"),
+            write_list(rest, root, out_dir / "camvid_train_rest.txt"))

@@ -1,0 +1,152 @@
+"""Seconds per `unimatch` training step: zsplg's step against the reference step.
+
+The reference is a plain-PyTorch transcription of the step in
+LiheYoung/UniMatch's unimatch.py (teacher on the CutMix source, in-place
+CutMix of images and targets, confidence masks, 0.25/0.25/0.5 weights,
+(loss_x + loss_u) / 2), written here for the comparison. Both run on the same
+DeepLabV3+ model, the same batch and crop, with forward, backward and the SGD
+update, alternating so machine load affects both alike. Data loading is
+excluded: it is the same code for both.
+
+    python benchmarks/train_step.py [--steps 6] [--batch-size 4] [--crop 256] [--quick]
+
+Prints JSON; ``ratio`` = ours / reference seconds per step (at most 1.0 = no slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from zsplg.train.methods import StepSettings, semi_supervised_step
+from zsplg.train.model import build_model
+
+
+def reference_step(model: nn.Module, img_x, mask_x, img_u_w, img_u_s1, img_u_s2, ignore_mask,
+                   cutmix_box1, cutmix_box2, img_u_w_mix, img_u_s1_mix, img_u_s2_mix,
+                   ignore_mask_mix, conf_thresh: float = 0.95) -> torch.Tensor:
+    """UniMatch's step, as its training script writes it."""
+    criterion_l = nn.CrossEntropyLoss(ignore_index=255)
+    criterion_u = nn.CrossEntropyLoss(reduction="none")
+    with torch.no_grad():
+        model.eval()
+        pred_u_w_mix = model(img_u_w_mix).detach()
+        conf_u_w_mix = pred_u_w_mix.softmax(dim=1).max(dim=1)[0]
+        mask_u_w_mix = pred_u_w_mix.argmax(dim=1)
+    img_u_s1[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1] = \
+        img_u_s1_mix[cutmix_box1.unsqueeze(1).expand(img_u_s1.shape) == 1]
+    img_u_s2[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1] = \
+        img_u_s2_mix[cutmix_box2.unsqueeze(1).expand(img_u_s2.shape) == 1]
+    model.train()
+    num_lb, num_ulb = img_x.shape[0], img_u_w.shape[0]
+    preds, preds_fp = model(torch.cat((img_x, img_u_w)), True)
+    pred_x, pred_u_w = preds.split([num_lb, num_ulb])
+    pred_u_w_fp = preds_fp[num_lb:]
+    pred_u_s1, pred_u_s2 = model(torch.cat((img_u_s1, img_u_s2))).chunk(2)
+    pred_u_w = pred_u_w.detach()
+    conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
+    mask_u_w = pred_u_w.argmax(dim=1)
+    mask_u_w_cutmixed1, conf_u_w_cutmixed1, ignore_mask_cutmixed1 = \
+        mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+    mask_u_w_cutmixed2, conf_u_w_cutmixed2, ignore_mask_cutmixed2 = \
+        mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+    mask_u_w_cutmixed1[cutmix_box1 == 1] = mask_u_w_mix[cutmix_box1 == 1]
+    conf_u_w_cutmixed1[cutmix_box1 == 1] = conf_u_w_mix[cutmix_box1 == 1]
+    ignore_mask_cutmixed1[cutmix_box1 == 1] = ignore_mask_mix[cutmix_box1 == 1]
+    mask_u_w_cutmixed2[cutmix_box2 == 1] = mask_u_w_mix[cutmix_box2 == 1]
+    conf_u_w_cutmixed2[cutmix_box2 == 1] = conf_u_w_mix[cutmix_box2 == 1]
+    ignore_mask_cutmixed2[cutmix_box2 == 1] = ignore_mask_mix[cutmix_box2 == 1]
+    loss_x = criterion_l(pred_x, mask_x)
+    loss_u_s1 = criterion_u(pred_u_s1, mask_u_w_cutmixed1)
+    loss_u_s1 = loss_u_s1 * ((conf_u_w_cutmixed1 >= conf_thresh) & (ignore_mask_cutmixed1 != 255))
+    loss_u_s1 = loss_u_s1.sum() / (ignore_mask_cutmixed1 != 255).sum().item()
+    loss_u_s2 = criterion_u(pred_u_s2, mask_u_w_cutmixed2)
+    loss_u_s2 = loss_u_s2 * ((conf_u_w_cutmixed2 >= conf_thresh) & (ignore_mask_cutmixed2 != 255))
+    loss_u_s2 = loss_u_s2.sum() / (ignore_mask_cutmixed2 != 255).sum().item()
+    loss_u_w_fp = criterion_u(pred_u_w_fp, mask_u_w)
+    loss_u_w_fp = loss_u_w_fp * ((conf_u_w >= conf_thresh) & (ignore_mask != 255))
+    loss_u_w_fp = loss_u_w_fp.sum() / (ignore_mask != 255).sum().item()
+    loss = (loss_x + loss_u_s1 * 0.25 + loss_u_s2 * 0.25 + loss_u_w_fp * 0.5) / 2.0
+    return loss
+
+
+def make_batch(batch: int, crop: int, classes: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+
+    def img() -> torch.Tensor:
+        return torch.randn(batch, 3, crop, crop, generator=g)
+
+    def box() -> torch.Tensor:
+        b = torch.zeros(batch, crop, crop, dtype=torch.long)
+        b[:, crop // 4: crop // 2, crop // 4: crop // 2] = 1
+        return b
+
+    ignore = torch.zeros(batch, crop, crop, dtype=torch.long)
+    ignore[:, -crop // 8:, :] = 255
+    return {"img_x": img(), "mask_x": torch.randint(0, classes, (batch, crop, crop), generator=g),
+            "img_w": img(), "img_s1": img(), "img_s2": img(), "ignore_mask": ignore,
+            "cutmix_box1": box(), "cutmix_box2": box(), "pseudo": torch.full_like(ignore, 255),
+            "mix_w": img(), "mix_s1": img(), "mix_s2": img(), "mix_ignore": ignore.clone()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--classes", type=int, default=11)
+    parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--quick", action="store_true", help="2 steps, batch 2, crop 128")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.batch_size, args.crop = 2, 2, 128
+
+    torch.manual_seed(0)
+    model = build_model(args.backbone, args.classes, pretrained=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    settings = StepSettings(method="unimatch")
+    b = make_batch(args.batch_size, args.crop, args.classes, seed=0)
+
+    def ours() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        u = {"img_w": b["img_w"], "img_s1": b["img_s1"], "img_s2": b["img_s2"],
+             "ignore_mask": b["ignore_mask"], "cutmix_box1": b["cutmix_box1"],
+             "cutmix_box2": b["cutmix_box2"], "pseudo": b["pseudo"]}
+        mix = {"img_w": b["mix_w"], "img_s1": b["mix_s1"], "img_s2": b["mix_s2"],
+               "ignore_mask": b["mix_ignore"], "pseudo": b["pseudo"]}
+        loss, _ = semi_supervised_step(model, settings, b["img_x"], b["mask_x"], u, mix)
+        loss.backward()
+        optimizer.step()
+
+    def reference() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = reference_step(model, b["img_x"], b["mask_x"], b["img_w"], b["img_s1"].clone(),
+                              b["img_s2"].clone(), b["ignore_mask"], b["cutmix_box1"],
+                              b["cutmix_box2"], b["mix_w"], b["mix_s1"], b["mix_s2"],
+                              b["mix_ignore"])
+        loss.backward()
+        optimizer.step()
+
+    ours()  # warm-up both paths (allocator, kernels)
+    reference()
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for _ in range(args.steps):
+        for name, fn in (("reference", reference), ("ours", ours)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    ours_s = statistics.median(times["ours"])
+    ref_s = statistics.median(times["reference"])
+    print(json.dumps({"backbone": args.backbone, "batch_size": args.batch_size,
+                      "crop": args.crop, "steps": args.steps, "threads": torch.get_num_threads(),
+                      "ours_s_per_step": round(ours_s, 4), "reference_s_per_step": round(ref_s, 4),
+                      "ratio": round(ours_s / ref_s, 3)}))
+
+
+if __name__ == "__main__":
+    main()
