@@ -93,12 +93,14 @@ def run_row(name: str, files: dict[str, Path], out: Path, args: argparse.Namespa
     config = TrainConfig(classes=str(files["classes"]), out=str(out / name),
                          val=str(files["val"]), backbone=args.backbone,
                          crop_size=args.crop, batch_size=args.batch_size, iters=args.iters,
+                         head_channels=args.head_channels,
                          lr=args.lr, workers=args.workers, seed=args.seed,
                          val_every=args.iters, checkpoint_every=max(args.iters // 4, 1),
                          log_every=10, tensorboard=False, overwrite=True, **settings)
     started = time.time()
     result = train(config)
-    row = {"row": name, "miou": round(result["miou"], 2), "seconds": round(time.time() - started, 1),
+    row = {"row": name, "miou": round(result["miou"], 2),
+           "seconds": round(time.time() - started, 1),
            "per_class": {c["name"]: c["iou"] for c in result["per_class"]}}
     print(json.dumps({"progress": row}), file=sys.stderr, flush=True)
     return row
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--backbone", default="efficientnet-lite0")
+    parser.add_argument("--head-channels", type=int, default=128,
+                        help="decoder width (256 in the reference; 128 fits a CPU budget)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kvasir-side", type=int, default=320)
@@ -151,6 +155,7 @@ def main() -> None:
     enhanced = [v for k, v in by_name.items() if k.startswith("enhanced")]
     summary = {"dataset": args.dataset, "iters": args.iters, "batch_size": args.batch_size,
                "crop": args.crop, "backbone": args.backbone, "lr": args.lr,
+               "head_channels": args.head_channels,
                "labelled_images": len(files["labelled"].read_text().split()) // 2,
                "rows": rows}
     if enhanced and "unimatch" in by_name and "supervised" in by_name:

@@ -230,6 +230,9 @@ class Trainer:
         return self.out / "checkpoints" / "best.pt"
 
     def _resume(self) -> tuple[int, float | None, int | None]:
+        if self.dist.is_main:  # a save cut by kill -9 leaves its temporary file behind
+            for stale in self.latest_path.parent.glob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
         if self.config.overwrite or not self.latest_path.exists():
             return 0, None, None
         state = load_checkpoint(self.latest_path)
