@@ -46,3 +46,30 @@ def camvid_lists(root: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
     return (write_list(labelled, root, out_dir / "camvid_labelled.txt"),
             write_list(rest, root, out_dir / "camvid_train_rest.txt"))
+
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def _lines(path: Path) -> list[str]:
+    return sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
+
+
+def camvid_split(root: Path = DATA / "camvid") -> dict[str, list[str]]:
+    """Training-benchmark split: the 46 labelled, the other 321 train, all 367, and val."""
+    labelled = sorted(camvid_labelled_subset(root))
+    chosen = set(labelled)
+    train = _lines(root / "train.txt")
+    return {"labelled": labelled, "unlabelled": [x for x in train if x not in chosen],
+            "all_train": train, "val": _lines(root / "val.txt")}
+
+
+def kvasir_split(root: Path = DATA / "kvasir-seg") -> dict[str, list[str]]:
+    """A fixed 20 % of all.txt held out for validation, 1/8 of all.txt labelled, the rest
+    unlabelled."""
+    lines = _lines(root / "all.txt")
+    random.Random(0).shuffle(lines)
+    n_val, n_labelled = len(lines) // 5, len(lines) // 8
+    val, rest = lines[:n_val], lines[n_val:]
+    return {"labelled": sorted(rest[:n_labelled]), "unlabelled": sorted(rest[n_labelled:]),
+            "all_train": sorted(rest), "val": sorted(val)}

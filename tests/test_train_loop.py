@@ -158,3 +158,15 @@ def test_predict_bad_checkpoint_is_named(tmp_path, data) -> None:
     result = runner.invoke(app, ["predict", str(bad), str(data["unlabelled"]), "--out",
                                  str(tmp_path / "p")])
     assert result.exit_code == 2 and "bad.pt" in result.output
+
+
+def test_pseudo_labels_matched_by_file_name_when_keys_differ(data, tmp_path) -> None:
+    # labelled from a list (keys "unlabelled/u0"), trained from the folder (keys "u0")
+    nested = tmp_path / "label-run" / "labels" / "unlabelled"
+    nested.mkdir(parents=True)
+    for png in (data["pseudo"] / "labels").glob("*.png"):
+        (nested / png.name).write_bytes(png.read_bytes())
+    out = tmp_path / "run"
+    _run(data, out, method="enhanced", pseudo_labels=str(tmp_path / "label-run"), iters=1)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["_resolved"]["pseudo_labels_found"] == 4

@@ -78,14 +78,36 @@ def pseudo_label_folder(path: str) -> Path:
     return p / "labels" if (p / "labels").is_dir() else p
 
 
-def check_pseudo_coverage(samples: list[Sample], folder: Path) -> int:
+def match_pseudo_labels(samples: list[Sample], folder: Path) -> tuple[list[Sample], int]:
+    """Pair each unlabelled image with its pseudo label.
+
+    By key first (the label run used the same folder or list). When no key
+    matches, e.g. the images were labelled from a list and are trained from
+    their folder, fall back to the file name where it is unique in both.
+    """
     found = sum((folder / f"{s.key}.png").is_file() for s in samples)
+    if found == 0:
+        by_stem: dict[str, list[Path]] = {}
+        for path in folder.rglob("*.png"):
+            by_stem.setdefault(path.stem, []).append(path)
+        stems = [s.image.stem for s in samples]
+        unique_images = {stem for stem in stems if stems.count(stem) == 1}
+        remapped = []
+        for s in samples:
+            paths = by_stem.get(s.image.stem, [])
+            if len(paths) == 1 and s.image.stem in unique_images:
+                key = str(paths[0].relative_to(folder).with_suffix(""))
+                remapped.append(Sample(s.image, s.label, key))
+                found += 1
+            else:
+                remapped.append(s)
+        samples = remapped
     if found == 0:
         example = folder / f"{samples[0].key}.png"
         raise InputError(folder, f"no pseudo label for any of the {len(samples)} unlabelled "
                                  f"images (looked for e.g. {example}); run `zsplg label` on "
                                  "the same images or folder first")
-    return found
+    return samples, found
 
 
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
@@ -154,7 +176,12 @@ class Trainer:
         if c.method == "enhanced":
             assert c.pseudo_labels is not None
             self.pseudo_dir = pseudo_label_folder(c.pseudo_labels)
-            self.pseudo_found = check_pseudo_coverage(self.unlabelled, self.pseudo_dir)
+            self.unlabelled, self.pseudo_found = match_pseudo_labels(self.unlabelled,
+                                                                     self.pseudo_dir)
+            if self.pseudo_found < len(self.unlabelled):
+                self.console.print(f"[yellow]{len(self.unlabelled) - self.pseudo_found} of "
+                                   f"{len(self.unlabelled)} unlabelled images have no pseudo "
+                                   "label; the teacher alone gives their targets[/]")
 
     def _build_model(self) -> None:
         c = self.config
