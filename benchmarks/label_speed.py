@@ -14,6 +14,12 @@ values; no real weights exist on this machine):
   mask crop, as autodistill's SAM-CLIP does. Ours: one GEM forward at 448 px,
   every mask pooled in one matrix product.
 
+Extra row `sam2`: the SAM 2.1 fast tier's mask stage (zsplg.masks.sam2, a
+full-size random Hiera-Tiny by default, `--sam2 small|none`) at the same
+settings, with `sam2_mask_speedup` = our SAM ViT-B mask seconds / SAM 2.1's
+(above 1: the tier is faster). `--sam2-reference` also times sam2's own
+SAM2AutomaticMaskGenerator on the same model (slow on a CPU).
+
 Prints JSON; the last line is the JSON object too (`--quick`: one image,
 16 points per side). `ratio` = reference total / our total (above 1: ours is
 faster).
@@ -101,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--naming-masks", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="one image, 16 points per side")
+    parser.add_argument("--sam2", choices=("tiny", "small", "none"), default="tiny",
+                        help="SAM 2.1 size for the fast-tier row (none: skip it)")
+    parser.add_argument("--sam2-reference", action="store_true",
+                        help="also time sam2's SAM2AutomaticMaskGenerator")
     args = parser.parse_args(argv)
     if args.quick:
         args.images, args.points_per_side = 1, 16
@@ -120,6 +130,19 @@ def main(argv: list[str] | None = None) -> int:
     reference_sam = SamAutomaticMaskGenerator(sam, points_per_batch=64, **settings)
     ours_sam = build_sam_generator("vit_b", model=sam, device="cpu", **settings)
 
+    sam2_row = None
+    if args.sam2 != "none":
+        from zsplg.masks.sam2 import build_sam2_generator, build_sam2_model
+
+        sam2_model = build_sam2_model(args.sam2)
+        ours_sam2 = build_sam2_generator(args.sam2, model=sam2_model, device="cpu", **settings)
+        sam2_row = {"mask": [], "kept": [], "reference_mask": [], "reference_kept": []}
+        if args.sam2_reference:
+            from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+            reference_sam2 = SAM2AutomaticMaskGenerator(sam2_model, points_per_batch=64,
+                                                        **settings)
+
     clip_model = open_clip.create_model("ViT-B-16-quickgelu", pretrained=None).eval()
     backend = ClipGemBackend(clip_model, dense_mode="gem", device="cpu")
     names = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
@@ -137,6 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         proposals, seconds = timed(ours_sam.generate, image)
         rows["ours"]["mask"].append(seconds)
         rows["ours"]["kept"].append(len(proposals))
+        if sam2_row is not None:
+            proposals, seconds = timed(ours_sam2.generate, image)
+            sam2_row["mask"].append(seconds)
+            sam2_row["kept"].append(len(proposals))
+            if args.sam2_reference:
+                records, seconds = timed(reference_sam2.generate, image)
+                sam2_row["reference_mask"].append(seconds)
+                sam2_row["reference_kept"].append(len(records))
 
         fixed = fixed_masks(image, args.naming_masks)
         ref_labels, seconds = timed(reference_naming, clip_model, image, fixed, text)
@@ -169,6 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     result["naming_ratio"] = round(
         ref["naming_seconds_per_image"] / ours["naming_seconds_per_image"], 2)
     result["ratio"] = round(ref["total_seconds_per_image"] / ours["total_seconds_per_image"], 2)
+    if sam2_row is not None:
+        mask = float(np.mean(sam2_row["mask"]))
+        result["sam2"] = {"model": f"SAM 2.1 Hiera-{args.sam2.capitalize()} (random weights)",
+                          "mask_seconds_per_image": round(mask, 3),
+                          "masks_kept_per_image": sam2_row["kept"]}
+        result["sam2_mask_speedup"] = round(ours["mask_seconds_per_image"] / mask, 2)
+        if args.sam2_reference:
+            reference_mask = float(np.mean(sam2_row["reference_mask"]))
+            result["sam2"]["reference_mask_seconds_per_image"] = round(reference_mask, 3)
+            result["sam2"]["reference_masks_kept_per_image"] = sam2_row["reference_kept"]
+            result["sam2"]["mask_ratio"] = round(reference_mask / mask, 2)
     print(json.dumps(result, indent=2))
     print(json.dumps(result))
     return 0

@@ -1,9 +1,12 @@
 """Evaluate a folder of pseudo-label PNGs against a dataset's ground truth.
 
-Per-image problems (missing prediction, missing/unreadable gt, size mismatch)
-are collected as error records instead of aborting, so one bad file does not
-throw away an evaluation over thousands of images. A label stored as RGB is a
-dataset-level mistake (colour-coded masks instead of indices) and is raised.
+Per-image problems (missing prediction, missing/unreadable gt, a gt whose size
+differs from its image or from the prediction, class ids outside the class
+spec) are collected as error records instead of aborting, so one bad file does
+not throw away an evaluation over thousands of images; silently counting an
+out-of-range id as "unlabelled" would instead bias the scores without a word.
+A label stored as RGB is a dataset-level mistake (colour-coded masks instead
+of indices) and is raised.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import numpy as np
 from PIL import Image
 
 from zsplg import IGNORE_INDEX
+from zsplg.data.errors import InputError
+from zsplg.data.images import image_size
+from zsplg.data.labels import atomic_write_text
 from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions, write_confusion_csv
 
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"}
@@ -53,6 +59,39 @@ def read_index_map(path: Path, what: str = "label") -> np.ndarray:
     return arr
 
 
+def out_of_range_ids(arr: np.ndarray, num_classes: int, allowed: Sequence[int]) -> list[int]:
+    """Ids in ``arr`` that are neither a class (0 <= id < num_classes) nor one of ``allowed``."""
+    if arr.dtype == np.uint8:
+        present = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+    else:  # 16/32-bit label files: values may be large or negative
+        present = np.unique(arr)
+    return [int(v) for v in present if not 0 <= v < num_classes and v not in allowed]
+
+
+def _ids_message(what: str, bad: list[int], num_classes: int, allowed: Sequence[int]) -> str:
+    shown = ", ".join(str(v) for v in bad[:5]) + (f" (and {len(bad) - 5} more)"
+                                                  if len(bad) > 5 else "")
+    ok = " or ".join(str(a) for a in sorted(set(allowed)))
+    return (f"{what} values out of range: {shown} (the class spec has {num_classes} classes, "
+            f"ids 0..{num_classes - 1}, plus {ok} for ignore)")
+
+
+def _image_size_problem(sample: SampleLike, gt_shape: tuple[int, ...]) -> str | None:
+    """Why the ground truth does not fit its image, or None (also when the image is absent:
+    evaluation itself does not need the image)."""
+    image = Path(sample.image)
+    if image == Path(sample.label or "") or not image.is_file():
+        return None
+    try:
+        size = image_size(image)
+    except InputError:
+        return None  # an unreadable image does not stop its label being scored
+    if tuple(gt_shape) != size:
+        return (f"ground-truth size {gt_shape[0]}x{gt_shape[1]} (HxW) does not match its "
+                f"image {image} ({size[0]}x{size[1]})")
+    return None
+
+
 def evaluate_folder(
     pred_dir: Path,
     samples: Sequence[SampleLike],
@@ -67,7 +106,8 @@ def evaluate_folder(
     metrics gain "images_evaluated", "images_failed" and "top_confusions".
     """
     pred_dir = Path(pred_dir)
-    cm = ConfusionMatrix(len(class_names), ignore_index=ignore_index)
+    num_classes = len(class_names)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
     errors: list[dict[str, str]] = []
     evaluated = 0
     total = len(samples)
@@ -104,6 +144,21 @@ def evaluate_folder(
                     f"size mismatch: prediction {pred.shape} vs ground truth {gt.shape}",
                 )
                 continue
+            size_problem = _image_size_problem(sample, gt.shape)
+            if size_problem:
+                fail(sample.key, gt_path, size_problem)
+                continue
+            bad = out_of_range_ids(gt, num_classes, (ignore_index,))
+            if bad:
+                fail(sample.key, gt_path, _ids_message("ground-truth", bad, num_classes,
+                                                       (ignore_index,)))
+                continue
+            pred_allowed = (ignore_index, IGNORE_INDEX)
+            bad = out_of_range_ids(pred, num_classes, pred_allowed)
+            if bad:
+                fail(sample.key, pred_path, _ids_message("prediction", bad, num_classes,
+                                                         pred_allowed))
+                continue
             cm.update(pred, gt)
             evaluated += 1
         finally:
@@ -118,16 +173,35 @@ def evaluate_folder(
 
 
 def write_eval_outputs(
-    out_json: Path, metrics: dict[str, Any], cm: ConfusionMatrix, class_names: list[str]
+    out_json: Path, metrics: dict[str, Any], cm: ConfusionMatrix, class_names: list[str],
+    errors: list[dict[str, str]] | None = None,
 ) -> None:
-    """Write metrics JSON and ``<stem>_confusion.csv`` beside it, for later audits."""
+    """Write metrics JSON and ``<stem>_confusion.csv`` beside it, for later audits.
+
+    ``errors`` also go to ``<stem>_errors.jsonl`` (one JSON object a line, like
+    `zsplg label`'s errors.jsonl, whose name it must not take in a label folder).
+    An unwritable destination is an InputError naming it, not a traceback.
+    """
     out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    with out_json.open("w", encoding="utf-8") as f:
+    csv_path = out_json.with_name(f"{out_json.stem}_confusion.csv")
+    try:
+        out_json.parent.mkdir(parents=True, exist_ok=True)
         # allow_nan=False: a NaN here would be invalid JSON, so fail loudly instead.
-        json.dump(metrics, f, indent=2, allow_nan=False)
-        f.write("\n")
-    write_confusion_csv(out_json.with_name(f"{out_json.stem}_confusion.csv"), cm, class_names)
+        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+        atomic_write_text(out_json, text)
+        write_confusion_csv(csv_path, cm, class_names)
+        if errors is not None:
+            atomic_write_text(errors_path(out_json),
+                              "".join(json.dumps(e) + "\n" for e in errors))
+    except OSError as exc:
+        where = Path(exc.filename) if exc.filename else out_json
+        raise InputError(where, f"cannot write the evaluation results "
+                                f"({exc.strerror or exc})") from None
+
+
+def errors_path(out_json: Path) -> Path:
+    """``<stem>_errors.jsonl`` beside the metrics JSON."""
+    return Path(out_json).with_name(f"{Path(out_json).stem}_errors.jsonl")
 
 
 def default_json_path(pred_dir: Path) -> Path:
@@ -168,5 +242,5 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
                          "ignore_index": spec.ignore_index}
     console.print(format_table(metrics))
     json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
-    write_eval_outputs(json_path, metrics, cm, spec.names)
+    write_eval_outputs(json_path, metrics, cm, spec.names, errors)
     return metrics, json_path

@@ -36,6 +36,7 @@ HELP = {
     "pretrained": "Start from ImageNet weights.",
     "backbone_weights": "Local backbone weights file (else the packaged/cached ones).",
     "crop_size": "Training crop side.",
+    "head_channels": "Width of ASPP and the decoder (256 as in the reference; 128 for CPU budgets).",
     "batch_size": "Labelled images per step (per process).",
     "unlabelled_batch_size": "Unlabelled images per step (default: batch size).",
     "iters": "Optimiser steps.",

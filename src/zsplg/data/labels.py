@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Callable
 from os import PathLike
@@ -72,6 +73,45 @@ def _atomic_write(path: str | PathLike[str], write: Callable[[BinaryIO], None]) 
         raise
 
 
+_TEMP_NAME = re.compile(r"^\..+\.tmp-(\d+)-[0-9a-f]{8}$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours to signal
+        return True
+    return True
+
+
+def remove_stale_temp_files(folder: str | PathLike[str]) -> list[Path]:
+    """Delete temp files that a killed writer left under ``folder`` (recursively).
+
+    A process killed between creating its temp file and the rename leaves
+    ``.NAME.tmp-PID-XXXXXXXX`` behind; it is never mistaken for an output, but it
+    is litter. Only files whose writer process no longer runs are removed, so a
+    live writer in the same folder is never disturbed. Returns the removed paths.
+    """
+    root = Path(folder)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            match = _TEMP_NAME.match(name)
+            if match is None or _pid_alive(int(match.group(1))):
+                continue
+            path = Path(dirpath) / name
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def atomic_write_bytes(path: str | PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temp file + rename)."""
     _atomic_write(path, lambda f: f.write(data))
@@ -102,13 +142,36 @@ def _as_uint8_2d(name: str, arr: np.ndarray) -> np.ndarray:
     return a.astype(np.uint8)
 
 
-def write_label_png(path: str | PathLike[str], label: np.ndarray) -> None:
-    """Save class ids as a VOC-palette PNG (mode P), atomically."""
+def _upscaled(img: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``img`` resized to ``size`` (height, width) with nearest neighbour, if it differs.
+
+    Resizing the 8-bit PIL image, not a numpy array, keeps a huge photo's label at
+    one byte per pixel with no intermediate copies (a 12000 x 9000 label is 108 MB).
+    """
+    if size is None:
+        return img
+    height, width = size
+    if height < 1 or width < 1:
+        raise ValueError(f"output size must be positive, got {height}x{width}")
+    if img.size == (width, height):
+        return img
+    return img.resize((width, height), Image.Resampling.NEAREST)
+
+
+def write_label_png(
+    path: str | PathLike[str], label: np.ndarray, size: tuple[int, int] | None = None
+) -> None:
+    """Save class ids as a VOC-palette PNG (mode P), atomically.
+
+    ``size``: the (height, width) to write, when ``label`` was computed at a
+    reduced size (nearest neighbour, so ids stay ids).
+    """
     arr = _as_uint8_2d("label", label)
     # Build the P image from raw bytes so the indices stay exactly as given (convert("P")
     # would remap them to a palette of its own).
     img = Image.frombytes("P", (arr.shape[1], arr.shape[0]), np.ascontiguousarray(arr).tobytes())
     img.putpalette(VOC_PALETTE)
+    img = _upscaled(img, size)
     _atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
@@ -164,8 +227,15 @@ def read_label(
 # --------------------------------------------------------------------------- confidence
 
 
-def write_confidence_png(path: str | PathLike[str], confidence: np.ndarray) -> None:
-    """Save a [0, 1] confidence map as 8-bit grayscale (round(c * 255)), atomically."""
+def write_confidence_png(
+    path: str | PathLike[str], confidence: np.ndarray, size: tuple[int, int] | None = None
+) -> None:
+    """Save a [0, 1] confidence map as 8-bit grayscale (round(c * 255)), atomically.
+
+    ``size``: the (height, width) to write; the map is quantised first and then
+    resized with nearest neighbour, which gives the same pixels as resizing the
+    floats but never holds a float copy at the full size.
+    """
     c = np.asarray(confidence)
     if c.ndim != 2:
         raise ValueError(f"confidence must be a 2-D (H, W) array, got shape {c.shape}")
@@ -178,7 +248,7 @@ def write_confidence_png(path: str | PathLike[str], confidence: np.ndarray) -> N
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"confidence must be in [0, 1], got range {lo}..{hi}")
     q = np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
-    img = Image.fromarray(q)
+    img = _upscaled(Image.fromarray(q), size)
     _atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 

@@ -115,14 +115,18 @@ def read_pair_list(path: str | PathLike[str]) -> list[Sample]:
     return samples
 
 
-def missing_files(samples: list[Sample]) -> list[tuple[Sample, str]]:
-    """Samples whose image or label file is absent, each with a one-line reason."""
+def missing_files(samples: list[Sample], labels: bool = True) -> list[tuple[Sample, str]]:
+    """Samples whose image (or, with ``labels``, label) file is absent, each with a reason.
+
+    Labelling only needs the images, so it passes ``labels=False``: a missing
+    ground truth must not stop an image from getting its pseudo label.
+    """
     out: list[tuple[Sample, str]] = []
     for s in samples:
         problems = []
         if not s.image.is_file():
             problems.append(f"image not found: {s.image}")
-        if s.label is not None and not s.label.is_file():
+        if labels and s.label is not None and not s.label.is_file():
             problems.append(f"label not found: {s.label}")
         if problems:
             out.append((s, "; ".join(problems)))

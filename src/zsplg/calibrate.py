@@ -1,0 +1,450 @@
+"""Tune the labeller on the user's labelled images, with an honest estimate of the gain.
+
+Zero-shot labelling guesses its background threshold, temperature, prompt
+templates and class biases. Given labelled images, `calibrate` chooses them to
+maximise the pseudo labels' mIoU, and can add a few-shot head
+(`zsplg.vl.fewshot`) fused with the zero-shot scores. Every labelled image is
+reduced once (`zsplg.labelled_set`), so a trial costs milliseconds.
+
+Honesty: the labelled images are split into k folds. For each fold, every
+choice (templates, threshold, temperature, few-shot weight, offsets, and the
+few-shot head itself) is made on the other folds only, and the fold is then
+labelled with it; the held-out confusions of all folds give the cross-validated
+mIoU reported as "after". "before" is the uncalibrated labeller on the same
+images. The few-shot weight and offsets are tuned on cross-fitted head scores
+(each image scored by a head that never saw it), so the tuning sees scores as
+noisy as the ones of unlabelled images.
+
+The search, per fold: the grid of (templates, threshold, temperature[, weight])
+with zero offsets, then coordinate ascent on one additive log-score offset per
+class (column 0, background or "no class", included), twice over a fixed grid.
+The final file is fitted the same way on all labelled images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from zsplg import __version__
+from zsplg.data.classes import ClassSpec
+from zsplg.data.errors import InputError
+from zsplg.data.labels import atomic_write_text
+from zsplg.labelled_set import LabelledSet, miou_of
+from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions
+from zsplg.vl.base import DenseVisionLanguageModel, thresholded_softmax
+from zsplg.vl.fewshot import FewShotHead, fuse_log_scores, head_columns, softmax_rows
+from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
+
+FORMAT = "zsplg-calibration"
+FORMAT_VERSION = 1
+MODES = ("auto", "zero-shot", "few-shot", "fused")
+# Candidate prompt-template sets; "default" is what uncalibrated labelling uses.
+TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_TEMPLATES,
+    "plain": ("a photo of a {}.", "{}"),
+    "scene": ("a photo of a {}.", "a photo of the {} in the scene.", "there is a {} in the scene.",
+              "a photo of a {} in the street.", "a photo of {} in a town."),
+}
+THRESHOLD_FACTORS = (0.75, 0.875, 1.0, 1.125, 1.25)
+TEMPERATURE_FACTORS = (0.5, 1.0, 2.0)
+FEWSHOT_WEIGHTS = (0.25, 0.5, 0.75)
+OFFSET_GRID = tuple(np.round(np.arange(-2.0, 2.01, 0.25), 2))
+MIN_PURITY = 0.5  # a mask is a few-shot example of its majority class if at least this pure
+# Few-shot head: examples weighted by their pixel count (times purity), L2 0.05. Fitted on
+# the 46 labelled CamVid train images and scored on 232 other train images: weights
+# 1 / sqrt(area) / area gave 35.0 / 35.9 mIoU at L2 1e-3, and L2 1e-3 / 1e-2 / 3e-2 / 1e-1 /
+# 3e-1 gave 35.9 / 37.1 / 38.3 / 38.4 / 37.6 with area weights.
+FEWSHOT_L2 = 0.05
+
+
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used for this run."""
+
+
+@dataclass
+class Calibration:
+    """What `zsplg label --calibration FILE` applies, and what it was fitted for."""
+
+    mode: str  # "zero-shot", "few-shot" or "fused"
+    templates: list[str]
+    template_set: str
+    background_threshold: float
+    temperature: float
+    offsets: list[float]  # one per annotator column: [background or no-class, classes...]
+    column_ids: list[int | None]
+    fewshot_weight: float = 0.0
+    head: dict | None = None
+    fitted_for: dict = field(default_factory=dict)  # spec digest, backends, overlap...
+    report: dict = field(default_factory=dict)  # CV mIoU before/after, confusions
+
+    def to_json(self) -> str:
+        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
+                           "zsplg_version": __version__, **asdict(self)}, indent=1) + "\n"
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(p, "calibration file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(p, f"not a readable calibration file ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(p, "not a zsplg calibration file (made by `zsplg calibrate`)")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise InputError(p, f"calibration format version {data.get('format_version')} "
+                                f"is not supported (expected {FORMAT_VERSION})")
+        names = {f for f in cls.__dataclass_fields__}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise InputError(p, f"incomplete calibration file ({exc})") from None
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def fewshot_head(self) -> FewShotHead | None:
+        return None if self.head is None else FewShotHead.from_dict(self.head)
+
+    def summary(self) -> dict:
+        """The settings run.json records (the head's weights are summarised by the digest)."""
+        return {"digest": self.digest(), "mode": self.mode, "template_set": self.template_set,
+                "background_threshold": self.background_threshold,
+                "temperature": self.temperature, "fewshot_weight": self.fewshot_weight,
+                "offsets": self.offsets}
+
+
+def spec_digest(spec: ClassSpec) -> str:
+    """Names, synonyms, prompts, background and ignore id (not the file's path)."""
+    data = spec.to_dict()
+    data.pop("source", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fitted_for(spec: ClassSpec, masks_config: dict, vl_config: dict, overlap: str,
+               uncovered: str, unknown: str, max_side: int) -> dict:
+    """The settings a calibration is only valid for."""
+    return {"class_spec": spec_digest(spec), "class_names": spec.names,
+            "masks": masks_config, "vl": vl_config, "overlap": overlap,
+            "uncovered": uncovered, "unknown": unknown, "max_side": max_side}
+
+
+def check_compatible(calibration: Calibration, expected: dict, source: str) -> None:
+    """Refuse a calibration fitted for another class spec, backend or painting rule."""
+    fitted = calibration.fitted_for
+    if fitted.get("class_spec") != expected["class_spec"]:
+        raise CalibrationError(
+            f"{source}: fitted for another class spec ({', '.join(fitted.get('class_names', []))});"
+            " recalibrate with `zsplg calibrate` for these classes")
+    for key, what in (("vl", "vision-language backend"), ("masks", "mask generator"),
+                      ("overlap", "overlap policy"), ("uncovered", "uncovered policy"),
+                      ("unknown", "unknown policy"), ("max_side", "max side")):
+        if json.loads(json.dumps(fitted.get(key))) != json.loads(json.dumps(expected[key])):
+            raise CalibrationError(
+                f"{source}: fitted for another {what} ({_short(fitted.get(key))}, this run uses "
+                f"{_short(expected[key])}); recalibrate with `zsplg calibrate` and the same "
+                "--masks/--vl options")
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name", value))
+    return str(value)
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass
+class _Setting:
+    template_set: str
+    threshold: float
+    temperature: float
+    weight: float  # few-shot weight (0: zero-shot only, 1: few-shot only)
+    offsets: np.ndarray
+
+
+class _Problem:
+    """Cached scores of every candidate setting over the labelled set."""
+
+    def __init__(self, lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpec,
+                 overlap: str, uncovered: str, unknown: str, template_sets: dict,
+                 folds: np.ndarray, log: Callable[[str], None]) -> None:
+        self.lset = lset
+        self.spec = spec
+        self.overlap = overlap
+        self.folds = folds
+        class_ids = [i for i in range(spec.num_classes) if i != spec.background]
+        self.column_ids: list[int | None] = [spec.background, *class_ids]
+        fallback = 255 if spec.background is None else spec.background
+        self.column_to_id = np.asarray([fallback, *class_ids], dtype=np.int64)
+        self.unknown_best = spec.background is None and unknown == "best-class"
+        self.uncovered_id = (spec.background if uncovered == "background"
+                             and spec.background is not None else 255)
+        scorer = zero_shot_scorer(model, torch.from_numpy(lset.pooled))
+        self.zero_shot: dict[tuple, np.ndarray] = {}
+        for name, templates in template_sets.items():
+            prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,
+                                     spec.classes[i].prompts, templates) for i in class_ids]
+            text = torch.nn.functional.normalize(model.encode_text(prompts).float(), dim=-1)
+            for tf, sf in itertools.product(THRESHOLD_FACTORS, TEMPERATURE_FACTORS):
+                threshold = round(model.default_threshold * tf, 6)
+                temperature = round(model.default_temperature * sf, 6)
+                probs = scorer(text, threshold, temperature)
+                self.zero_shot[(name, threshold, temperature)] = np.log(
+                    np.maximum(probs.float().numpy(), 1e-30)).astype(np.float32)
+        log(f"scored {len(self.zero_shot)} zero-shot settings on {len(lset.pooled)} masks")
+        self.default_key = ("default", round(model.default_threshold, 6),
+                            round(model.default_temperature, 6))
+
+    # ---- few-shot
+    def fewshot_examples(self, image_indices: np.ndarray):
+        """Features, labels and weights of the chosen images' pure masks and gt regions."""
+        feats, labels, weights = [], [], []
+        for i in image_indices:
+            image = self.lset.images[i]
+            counts = image.mask_gt()
+            total = counts.sum(axis=1)
+            keep = total > 0
+            purity = np.where(keep, counts.max(axis=1) / np.maximum(total, 1), 0)
+            keep &= purity >= MIN_PURITY
+            feats.append(image.pooled[keep])
+            labels.append(counts.argmax(axis=1)[keep])
+            weights.append(total[keep] * purity[keep])
+            if len(image.region_class):
+                feats.append(image.region_pooled)
+                labels.append(image.region_class)
+                region_area = image.atom_gt.sum(axis=0)[image.region_class]
+                weights.append(region_area.astype(np.float64))
+        return np.concatenate(feats), np.concatenate(labels), np.concatenate(weights)
+
+    def fit_head(self, image_indices: np.ndarray) -> FewShotHead:
+        x, y, w = self.fewshot_examples(image_indices)
+        return FewShotHead.fit(x, y, self.spec.num_classes, sample_weight=w, l2=FEWSHOT_L2)
+
+    def cross_fitted_fewshot(self, log: Callable[[str], None]) -> np.ndarray:
+        """(M, K) few-shot column scores, each image scored by a head that never saw it."""
+        out = np.zeros((len(self.lset.pooled), len(self.column_ids)), dtype=np.float32)
+        for fold in np.unique(self.folds):
+            train = np.flatnonzero(self.folds != fold)
+            head = self.fit_head(train)
+            rows = self.lset.masks_of_images(np.flatnonzero(self.folds == fold))
+            out[rows] = head_columns(head.log_probs(self.lset.pooled[rows]), self.column_ids)
+            log(f"few-shot head for fold {fold + 1}: {len(train)} training images")
+        return out
+
+    # ---- scoring
+    def logits(self, setting: _Setting, fewshot: np.ndarray | None,
+               rows: np.ndarray | slice = slice(None), offsets: bool = True) -> np.ndarray:
+        """Fused log-scores of the chosen masks (softmax gives the annotator's probabilities)."""
+        zero_shot = None
+        if setting.weight < 1.0:
+            zero_shot = self.zero_shot[(setting.template_set, setting.threshold,
+                                        setting.temperature)][rows]
+        few = fewshot[rows] if fewshot is not None and setting.weight > 0 else None
+        shift = setting.offsets if offsets else np.zeros_like(setting.offsets)
+        logits = fuse_log_scores(zero_shot, few, setting.weight, shift)
+        if self.unknown_best:  # the annotator drops the "no class" column: never pick it
+            logits[:, 0] = -np.inf
+        return logits
+
+    def confusion(self, setting: _Setting, fewshot: np.ndarray | None,
+                  atoms: np.ndarray | None = None) -> np.ndarray:
+        probs = softmax_rows(self.logits(setting, fewshot))
+        labels = self.lset.atom_labels(probs, self.column_to_id, self.overlap, self.uncovered_id)
+        return self.lset.confusion(labels, atoms)
+
+    def fit(self, image_indices: np.ndarray, mode: str, fewshot: np.ndarray | None,
+            tune_offsets: bool = True) -> _Setting:
+        """Best setting on the given images (grid, then offsets by coordinate ascent)."""
+        sub = _Subset(self, image_indices)
+        zeros = np.zeros(len(self.column_ids), dtype=np.float32)
+        weights = {"zero-shot": (0.0,), "few-shot": (1.0,), "fused": FEWSHOT_WEIGHTS}[mode]
+        keys = [self.default_key] if mode == "few-shot" else list(self.zero_shot)
+        best, best_score = None, -1.0
+        for key, weight in itertools.product(keys, weights):
+            setting = _Setting(*key, weight=weight, offsets=zeros)
+            score = sub.score(setting, fewshot)
+            if score > best_score + 1e-9:
+                best, best_score = setting, score
+        assert best is not None
+        if tune_offsets:
+            best = sub.tune_offsets(best, fewshot, best_score)
+        return best
+
+
+class _Subset:
+    """The masks and atoms of some images, scored quickly."""
+
+    def __init__(self, problem: _Problem, image_indices: np.ndarray) -> None:
+        self.problem = problem
+        lset = problem.lset
+        self.rows = lset.masks_of_images(image_indices)
+        self.atoms = lset.atoms_of_images(image_indices)
+        self.members = lset.members[self.atoms][:, self.rows]
+        self.atom_gt = lset.atom_gt[self.atoms]
+        self.atom_count = lset.atom_count[self.atoms]
+        self.areas = lset.areas[self.rows]
+        self.top = None
+        if problem.overlap in ("small-on-top", "large-on-top"):
+            top = lset.top_mask(problem.overlap)[self.atoms]
+            remap = np.full(len(lset.areas), -1)
+            remap[self.rows] = np.arange(self.rows.sum())
+            self.top = np.where(top >= 0, remap[np.maximum(top, 0)], -1)
+
+    def score(self, setting: _Setting, fewshot: np.ndarray | None) -> float:
+        return self.score_logits(self.problem.logits(setting, fewshot, self.rows))
+
+    def score_logits(self, logits: np.ndarray) -> float:
+        """mIoU of the subset's atoms labelled from (masks, K) fused log-scores."""
+        p = self.problem
+        probs = softmax_rows(logits)
+        if p.overlap == "average":
+            column = np.asarray(self.members @ probs).argmax(axis=1)
+        elif p.overlap == "confidence":
+            weighted = self.members.multiply((probs.max(axis=1) + 1.0)[None, :]).tocsr()
+            column = probs.argmax(axis=1)[np.asarray(weighted.argmax(axis=1)).reshape(-1)]
+        else:
+            column = probs.argmax(axis=1)[np.maximum(self.top, 0)]
+        labels = p.column_to_id[column]
+        labels[self.atom_count == 0] = p.uncovered_id
+        c = p.lset.num_classes
+        labels = np.where((labels < 0) | (labels >= c), c, labels)
+        onehot = sp.csr_matrix((np.ones(len(labels), dtype=np.float64),
+                                (labels, np.arange(len(labels)))), shape=(c + 1, len(labels)))
+        return miou_of(np.asarray(onehot @ self.atom_gt).T)
+
+    def tune_offsets(self, setting: _Setting, fewshot: np.ndarray | None,
+                     score: float) -> _Setting:
+        """Coordinate ascent on one additive offset per column, over OFFSET_GRID."""
+        base = self.problem.logits(setting, fewshot, self.rows, offsets=False)
+        offsets = setting.offsets.copy()
+        for _ in range(2):
+            changed = False
+            for column in range(len(offsets)):
+                for value in OFFSET_GRID:
+                    if value == offsets[column]:
+                        continue
+                    trial = offsets.copy()
+                    trial[column] = value
+                    s = self.score_logits(base + trial[None, :])
+                    if s > score + 1e-6:
+                        score, offsets, changed = s, trial, True
+            if not changed:
+                break
+        return _Setting(setting.template_set, setting.threshold, setting.temperature,
+                        setting.weight, offsets)
+
+
+def zero_shot_scorer(model: DenseVisionLanguageModel, pooled: torch.Tensor):
+    """(text, threshold, temperature) -> the model's (M, K) probabilities for `pooled`.
+
+    Calibration asks for dozens of thresholds on the same masks. ConSE's label
+    transfer is its classifier's ImageNet distribution times a small transfer
+    matrix, so the classifier runs once here instead of once per trial (the
+    result equals `class_probabilities`); any other backend is called as is.
+    """
+    from zsplg.vl.conse import ConSEBackend
+
+    if isinstance(model, ConSEBackend) and model.scoring == "transfer":
+        with torch.no_grad():
+            imagenet = model.model.classifier(pooled.to(model.device)).softmax(dim=-1).cpu()
+
+        def conse(text: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
+            transfer = thresholded_softmax(model.label_vectors @ text.T, threshold, temperature)
+            return imagenet @ transfer
+
+        return conse
+
+    def generic(text: torch.Tensor, threshold: float, temperature: float) -> torch.Tensor:
+        with torch.no_grad():
+            return model.class_probabilities(pooled, text, threshold, temperature)
+
+    return generic
+
+
+def make_folds(num_images: int, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index per image: a seeded shuffle cut into near-equal parts."""
+    if num_images < 2:
+        raise ValueError("calibration needs at least 2 labelled images")
+    folds = max(2, min(folds, num_images))
+    order = np.random.default_rng(seed).permutation(num_images)
+    assignment = np.empty(num_images, dtype=np.int64)
+    assignment[order] = np.arange(num_images) % folds
+    return assignment
+
+
+def _metrics(confusion: np.ndarray, spec: ClassSpec) -> dict:
+    cm = ConfusionMatrix(spec.num_classes, spec.ignore_index)
+    cm.matrix[:] = confusion
+    metrics = compute_metrics(cm, spec.names)
+    return {"miou": round(metrics["miou"], 2), "coverage": round(metrics["coverage"], 2),
+            "per_class_iou": {c["name"]: None if c["iou"] is None else round(c["iou"], 2)
+                              for c in metrics["per_class"]},
+            "top_confusions": [{k: (round(v, 2) if isinstance(v, float) else v)
+                                for k, v in t.items()} for t in top_confusions(cm, spec.names)]}
+
+
+def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpec,
+              overlap: str = "average", uncovered: str = "ignore", unknown: str = "ignore",
+              mode: str = "auto", folds: int = 5, seed: int = 0,
+              template_sets: dict[str, tuple[str, ...]] | None = None,
+              log: Callable[[str], None] = print) -> Calibration:
+    """Cross-validate every mode asked for, then fit the chosen one on all images.
+
+    mode "auto" compares zero-shot, few-shot and fused by cross-validated mIoU
+    and keeps the best; the report holds every mode's figures.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    started = time.perf_counter()
+    assignment = make_folds(len(lset), folds, seed)
+    problem = _Problem(lset, model, spec, overlap, uncovered, unknown,
+                       template_sets or TEMPLATE_SETS, assignment, log)
+    modes = ("zero-shot", "few-shot", "fused") if mode == "auto" else (mode,)
+    fewshot = problem.cross_fitted_fewshot(log) if set(modes) - {"zero-shot"} else None
+    everything = np.arange(len(lset))
+    zeros = np.zeros(len(problem.column_ids), dtype=np.float32)
+    before = problem.confusion(_Setting(*problem.default_key, weight=0.0, offsets=zeros), None)
+    report = {"images": len(lset), "folds": int(assignment.max() + 1), "seed": seed,
+              "before": _metrics(before, spec), "modes": {}}
+    log(f"uncalibrated zero-shot: mIoU {report['before']['miou']:.2f} on {len(lset)} images")
+    held_out: dict[str, np.ndarray] = {}
+    for name in modes:
+        total = np.zeros_like(before)
+        for fold in range(report["folds"]):
+            train = np.flatnonzero(assignment != fold)
+            setting = problem.fit(train, name, fewshot)
+            total += problem.confusion(setting, fewshot, lset.atoms_of_images(
+                np.flatnonzero(assignment == fold)))
+        held_out[name] = total
+        report["modes"][name] = _metrics(total, spec)
+        log(f"{name}: cross-validated mIoU {report['modes'][name]['miou']:.2f}")
+    chosen = max(modes, key=lambda m: report["modes"][m]["miou"])
+    report["chosen"] = chosen
+    report["after"] = report["modes"][chosen]
+    final = problem.fit(everything, chosen, fewshot)
+    head = problem.fit_head(everything) if final.weight > 0 else None
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    template_set = final.template_set
+    return Calibration(
+        mode=chosen, templates=list((template_sets or TEMPLATE_SETS)[template_set]),
+        template_set=template_set, background_threshold=float(final.threshold),
+        temperature=float(final.temperature),
+        offsets=[round(float(v), 4) for v in final.offsets], column_ids=problem.column_ids,
+        fewshot_weight=float(final.weight), head=None if head is None else head.to_dict(),
+        report=report)
