@@ -170,3 +170,16 @@ def test_pseudo_labels_matched_by_file_name_when_keys_differ(data, tmp_path) -> 
     _run(data, out, method="enhanced", pseudo_labels=str(tmp_path / "label-run"), iters=1)
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["_resolved"]["pseudo_labels_found"] == 4
+
+
+def test_tensorboard_scalars_written(data, tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    _run(data, out, method="unimatch", iters=2, tensorboard=True)
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/loss_u", "train/mask_ratio", "train/lr", "val/miou"} <= tags
+    assert any(tag.startswith("val_iou/") for tag in tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
