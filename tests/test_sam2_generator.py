@@ -59,7 +59,9 @@ TINY = [
     "++model.memory_encoder.fuser.num_layers=1",
 ]
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              # sam2's transforms (the reference's too) are built with torch.jit.script
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")]
 
 
 class LocalisedDecoder(torch.nn.Module):
