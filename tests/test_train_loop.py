@@ -183,3 +183,15 @@ def test_tensorboard_scalars_written(data, tmp_path) -> None:
     assert {"train/loss", "train/loss_u", "train/mask_ratio", "train/lr", "val/miou"} <= tags
     assert any(tag.startswith("val_iou/") for tag in tags)
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2]
+
+
+def test_accumulation_and_head_lr_multiplier(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    _run(data, out, method="supervised", iters=2, accumulate=2, lr=0.01,
+         head_lr_multiplier=10.0)
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["backbone", "head"]
+    # the last step ran at poly(step 1 of 2): lr * 0.5 ** 0.9, the head 10x that
+    assert groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert groups[1]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
