@@ -24,6 +24,7 @@ from zsplg.calibrate import (
     calibrate,
     check_compatible,
     make_folds,
+    score_calibration,
     zero_shot_scorer,
 )
 from zsplg.calibration_run import CalibrateConfig, run_calibrate
@@ -117,6 +118,19 @@ def make_dataset(root: Path, count: int, seed: int = 0) -> Path:
     (root / "pairs.txt").write_text("\n".join(lines) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     return root / "pairs.txt"
+
+
+@pytest.fixture(autouse=True)
+def small_search(monkeypatch):
+    """A coarser search grid: the same code paths, a fraction of the trials."""
+    import zsplg.calibrate as calibrate_module
+
+    monkeypatch.setattr(calibrate_module, "TEMPLATE_SETS",
+                        {k: calibrate_module.TEMPLATE_SETS[k] for k in ("default", "plain")})
+    monkeypatch.setattr(calibrate_module, "THRESHOLD_FACTORS", (0.75, 1.0, 1.25))
+    monkeypatch.setattr(calibrate_module, "TEMPERATURE_FACTORS", (0.5, 2.0))
+    monkeypatch.setattr(calibrate_module, "OFFSET_GRID", (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0))
+    monkeypatch.setattr(calibrate_module, "FEWSHOT_WEIGHTS", (0.5,))
 
 
 @pytest.fixture(scope="module")
@@ -299,18 +313,10 @@ def test_calibrate_then_label_applies_the_file_and_records_it(dataset, tmp_path,
     before, _, _ = evaluate_folder(tmp_path / "p" / "labels", samples, spec.names)
     after, _, _ = evaluate_folder(tmp_path / "calibrated" / "labels", samples, spec.names)
     assert after["miou"] > before["miou"] + 25
-    # painted labels score exactly what the calibration's fast path says (fitted images)
+    # painted labels score exactly what the calibration's fast path says
     lset = reduced(dataset, model)
-    from zsplg.calibrate import _Problem, _Setting
-
-    problem = _Problem(lset, model, spec, "average", "ignore", "ignore",
-                       {calibration.template_set: tuple(calibration.templates)},
-                       np.zeros(len(lset), dtype=np.int64), lambda m: None)
-    setting = _Setting(calibration.template_set, calibration.background_threshold,
-                       calibration.temperature, 0.0, np.asarray(calibration.offsets, np.float32))
-    from zsplg.labelled_set import miou_of
-
-    assert miou_of(problem.confusion(setting, None)) == pytest.approx(after["miou"], abs=1e-6)
+    fast = score_calibration(calibration, lset, model, spec)
+    assert fast["miou"] == pytest.approx(after["miou"], abs=0.01)
 
     # resuming with another calibration is refused; the same one resumes
     other = Calibration.load(calib_path)
@@ -361,6 +367,16 @@ def test_label_calibrate_on_writes_and_reuses_the_file(dataset, tmp_path, monkey
     second = labeling.run_label(config)  # resume: same list, file reused, nothing relabelled
     assert (out / "calibration.json").stat().st_mtime_ns == stamp
     assert second["counts"]["already_done"] == first["counts"]["labelled"]
+    # the few-shot head went through `label` exactly as the calibration scored it
+    from zsplg.evaluate import evaluate_folder
+
+    calibration = Calibration.load(out / "calibration.json")
+    assert calibration.head is not None and first["settings"]["calibration"]["mode"] != "zero-shot"
+    spec = load_class_spec(classes)
+    painted, _, _ = evaluate_folder(out / "labels", read_pair_list(dataset), spec.names)
+    model = ColourModel(bias={0: -0.6})
+    fast = score_calibration(calibration, reduced(dataset, model), model, spec)
+    assert fast["miou"] == pytest.approx(painted["miou"], abs=0.01)
 
 
 def test_calibration_file_errors_name_the_file(tmp_path):

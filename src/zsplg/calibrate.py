@@ -201,7 +201,9 @@ class _Problem:
             prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,
                                      spec.classes[i].prompts, templates) for i in class_ids]
             text = torch.nn.functional.normalize(model.encode_text(prompts).float(), dim=-1)
-            for tf, sf in itertools.product(THRESHOLD_FACTORS, TEMPERATURE_FACTORS):
+            # Factor 1 (the backend's defaults) is always scored: it is the "before".
+            for tf, sf in itertools.product(sorted({1.0, *THRESHOLD_FACTORS}),
+                                            sorted({1.0, *TEMPERATURE_FACTORS})):
                 threshold = round(model.default_threshold * tf, 6)
                 temperature = round(model.default_temperature * sf, 6)
                 probs = scorer(text, threshold, temperature)
@@ -411,11 +413,29 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    started = time.perf_counter()
-    assignment = make_folds(len(lset), folds, seed)
-    problem = _Problem(lset, model, spec, overlap, uncovered, unknown,
-                       template_sets or TEMPLATE_SETS, assignment, log)
     modes = ("zero-shot", "few-shot", "fused") if mode == "auto" else (mode,)
+    fitted = calibrate_modes(lset, model, spec, modes, overlap, uncovered, unknown, folds, seed,
+                             template_sets, log, final="best")
+    return next(iter(fitted.values()))
+
+
+def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpec,
+                    modes: tuple[str, ...], overlap: str = "average", uncovered: str = "ignore",
+                    unknown: str = "ignore", folds: int = 5, seed: int = 0,
+                    template_sets: dict[str, tuple[str, ...]] | None = None,
+                    log: Callable[[str], None] = print,
+                    final: str = "all") -> dict[str, Calibration]:
+    """Cross-validated figures for each mode, and the calibration fitted on all
+    images for each mode (final="all") or for the best one only (final="best").
+
+    Every returned Calibration carries the same report (all modes' figures);
+    report["chosen"] is the best mode by cross-validated mIoU.
+    """
+    started = time.perf_counter()
+    template_sets = template_sets or TEMPLATE_SETS
+    assignment = make_folds(len(lset), folds, seed)
+    problem = _Problem(lset, model, spec, overlap, uncovered, unknown, template_sets,
+                       assignment, log)
     fewshot = problem.cross_fitted_fewshot(log) if set(modes) - {"zero-shot"} else None
     everything = np.arange(len(lset))
     zeros = np.zeros(len(problem.column_ids), dtype=np.float32)
@@ -423,7 +443,6 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
     report = {"images": len(lset), "folds": int(assignment.max() + 1), "seed": seed,
               "before": _metrics(before, spec), "modes": {}}
     log(f"uncalibrated zero-shot: mIoU {report['before']['miou']:.2f} on {len(lset)} images")
-    held_out: dict[str, np.ndarray] = {}
     for name in modes:
         total = np.zeros_like(before)
         for fold in range(report["folds"]):
@@ -431,20 +450,57 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
             setting = problem.fit(train, name, fewshot)
             total += problem.confusion(setting, fewshot, lset.atoms_of_images(
                 np.flatnonzero(assignment == fold)))
-        held_out[name] = total
         report["modes"][name] = _metrics(total, spec)
         log(f"{name}: cross-validated mIoU {report['modes'][name]['miou']:.2f}")
     chosen = max(modes, key=lambda m: report["modes"][m]["miou"])
     report["chosen"] = chosen
     report["after"] = report["modes"][chosen]
-    final = problem.fit(everything, chosen, fewshot)
-    head = problem.fit_head(everything) if final.weight > 0 else None
+    head = problem.fit_head(everything) if set(modes) - {"zero-shot"} else None
+    out = {}
+    for name in (chosen,) if final == "best" else modes:
+        setting = problem.fit(everything, name, fewshot)
+        out[name] = Calibration(
+            mode=name, templates=list(template_sets[setting.template_set]),
+            template_set=setting.template_set, background_threshold=float(setting.threshold),
+            temperature=float(setting.temperature),
+            offsets=[round(float(v), 4) for v in setting.offsets],
+            column_ids=problem.column_ids, fewshot_weight=float(setting.weight),
+            head=None if setting.weight == 0 or head is None else head.to_dict(),
+            report=report)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    template_set = final.template_set
-    return Calibration(
-        mode=chosen, templates=list((template_sets or TEMPLATE_SETS)[template_set]),
-        template_set=template_set, background_threshold=float(final.threshold),
-        temperature=float(final.temperature),
-        offsets=[round(float(v), 4) for v in final.offsets], column_ids=problem.column_ids,
-        fewshot_weight=float(final.weight), head=None if head is None else head.to_dict(),
-        report=report)
+    return out
+
+
+def uncalibrated(model: DenseVisionLanguageModel, spec: ClassSpec) -> Calibration:
+    """The labeller's defaults as a Calibration (for scoring it like the others)."""
+    columns = [spec.background, *[i for i in range(spec.num_classes) if i != spec.background]]
+    return Calibration(mode="zero-shot", templates=list(DEFAULT_TEMPLATES),
+                       template_set="default", background_threshold=model.default_threshold,
+                       temperature=model.default_temperature, offsets=[0.0] * len(columns),
+                       column_ids=columns)
+
+
+def score_calibration(calibration: Calibration, lset: LabelledSet,
+                      model: DenseVisionLanguageModel, spec: ClassSpec, overlap: str = "average",
+                      uncovered: str = "ignore", unknown: str = "ignore") -> dict:
+    """Metrics of labelling `lset`'s images with a calibration (as `zsplg label` would)."""
+    from zsplg.vl.fewshot import CalibratedModel
+
+    class_ids = [i for i in range(spec.num_classes) if i != spec.background]
+    prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,
+                             spec.classes[i].prompts, tuple(calibration.templates))
+               for i in class_ids]
+    text = torch.nn.functional.normalize(model.encode_text(prompts).float(), dim=-1)
+    wrapped = CalibratedModel(model, calibration.column_ids, calibration.offsets,
+                              calibration.fewshot_head(), calibration.fewshot_weight)
+    probs = wrapped.class_probabilities(torch.from_numpy(lset.pooled), text,
+                                        calibration.background_threshold,
+                                        calibration.temperature).numpy()
+    if spec.background is None and unknown == "best-class":
+        probs[:, 0] = 0.0
+    fallback = 255 if spec.background is None else spec.background
+    column_to_id = np.asarray([fallback, *class_ids], dtype=np.int64)
+    uncovered_id = (spec.background if uncovered == "background"
+                    and spec.background is not None else 255)
+    labels = lset.atom_labels(probs, column_to_id, overlap, uncovered_id)
+    return _metrics(lset.confusion(labels), spec)
