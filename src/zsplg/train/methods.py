@@ -23,7 +23,13 @@ from zsplg.train.losses import (
     supervised_loss,
     weighted_pixel_loss,
 )
-from zsplg.train.targets import TargetFn, policy_targets, teacher_prediction, unimatch_targets
+from zsplg.train.targets import (
+    DEFAULT_POLICY,
+    TargetFn,
+    policy_targets,
+    teacher_prediction,
+    unimatch_targets,
+)
 
 METHODS = ("supervised", "unimatch", "enhanced")
 
@@ -33,7 +39,7 @@ class StepSettings:
     """The method's knobs; defaults are UniMatch's PASCAL settings."""
 
     method: str = "unimatch"
-    policy: str = "confident-teacher"
+    policy: str = DEFAULT_POLICY
     conf_thresh: float = 0.95
     smoothing: float = 0.1
     weight_s1: float = 0.25
