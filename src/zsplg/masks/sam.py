@@ -81,6 +81,28 @@ def _describe_keys(keys: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
+def state_dict_problems(expected: dict[str, tuple[int, ...]],
+                        state: dict[str, torch.Tensor]) -> list[str]:
+    """Why ``state`` does not fit a model with these key shapes (empty: it fits).
+
+    Checked before load_state_dict so the message names what is wrong in a few
+    words instead of torch's list of every key.
+    """
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(key for key in expected
+                       if key in state and tuple(state[key].shape) != expected[key])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing tensors ({_describe_keys(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected tensors ({_describe_keys(unexpected)})")
+    if misshaped:
+        problems.append(f"{len(misshaped)} tensors of the wrong shape "
+                        f"({_describe_keys(misshaped)})")
+    return problems
+
+
 def load_sam_checkpoint(variant: str, checkpoint: str | Path) -> Sam:
     """Build SAM `variant` and load `checkpoint` into it with strict key and shape checks.
 
@@ -102,20 +124,8 @@ def load_sam_checkpoint(variant: str, checkpoint: str | Path) -> Sam:
 
     with torch.device("meta"):  # the expected keys and shapes, without allocating weights
         expected = {key: tuple(value.shape) for key, value in build().state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(key for key in expected
-                       if key in state and tuple(state[key].shape) != expected[key])
-    if missing or unexpected or misshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing tensors ({_describe_keys(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected tensors "
-                            f"({_describe_keys(unexpected)})")
-        if misshaped:
-            problems.append(f"{len(misshaped)} tensors of the wrong shape "
-                            f"({_describe_keys(misshaped)})")
+    problems = state_dict_problems(expected, state)
+    if problems:
         hint = ""
         patch = state.get("image_encoder.patch_embed.proj.weight")
         if patch is not None and patch.ndim == 4:
@@ -563,10 +573,15 @@ class SamMaskGenerator:
         # float64 like the reference: the prompt encoder normalises before casting
         in_points = torch.as_tensor(coords, device=self.device)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
+        return self._decode_all(features, in_points, in_labels)
+
+    def _decode_all(self, features: Any, in_points: torch.Tensor, in_labels: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode every prompt in batches of ``points_per_batch``; None: all points at
+        once on cuda (halved on out-of-memory, and remembered)."""
         if self.points_per_batch is not None:
             return self._decode_batches(features, in_points, in_labels, self.points_per_batch)
-        # None: all points at once on cuda (halved on out-of-memory, and remembered)
-        batch = self._auto_batch or (len(points) if self.device.type == "cuda"
+        batch = self._auto_batch or (len(in_points) if self.device.type == "cuda"
                                      else _CPU_POINTS_PER_BATCH)
         while True:
             try:

@@ -41,7 +41,6 @@ import torch
 from torch.nn import functional
 
 from zsplg.masks.sam import (
-    _CPU_POINTS_PER_BATCH,
     _FULL_RES_CHUNK_ELEMENTS,
     _LOW_RES_CHUNK_ELEMENTS,
     _RELATIVE_TOLERANCE,
@@ -49,9 +48,9 @@ from zsplg.masks.sam import (
     SamMaskGenerator,
     _axis,
     _chunks,
-    _describe_keys,
     _Geometry,
     resolve_device,
+    state_dict_problems,
 )
 
 if TYPE_CHECKING:
@@ -153,20 +152,8 @@ def load_sam2_checkpoint(variant: str, checkpoint: str | Path) -> SAM2Base:
     # once, its state dict gives the expected keys and shapes, and the checkpoint fills it
     model = build_sam2_model(variant)
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshaped = sorted(key for key in expected
-                       if key in state and tuple(state[key].shape) != expected[key])
-    if missing or unexpected or misshaped:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} missing tensors ({_describe_keys(missing)})")
-        if unexpected:
-            problems.append(f"{len(unexpected)} unexpected tensors "
-                            f"({_describe_keys(unexpected)})")
-        if misshaped:
-            problems.append(f"{len(misshaped)} tensors of the wrong shape "
-                            f"({_describe_keys(misshaped)})")
+    problems = state_dict_problems(expected, state)
+    if problems:
         hint = _looks_like(state)
         if spec.label in hint and "SAM 2.0" not in hint:
             hint = ""
@@ -276,22 +263,7 @@ class Sam2MaskGenerator(SamMaskGenerator):
         in_points = self.predictor._transforms.transform_coords(coords, normalize=True,
                                                                 orig_hw=image_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int, device=self.device)
-        if self.points_per_batch is not None:
-            return self._decode_batches(features, in_points, in_labels, self.points_per_batch)
-        batch = self._auto_batch or (len(points) if self.device.type == "cuda"
-                                     else _CPU_POINTS_PER_BATCH)
-        while True:  # None: all points at once on cuda, halved on out-of-memory
-            try:
-                result = self._decode_batches(features, in_points, in_labels, batch)
-            except torch.cuda.OutOfMemoryError:
-                if batch <= 1:
-                    raise
-                batch = (batch + 1) // 2
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                continue
-            self._auto_batch = batch
-            return result
+        return self._decode_all(features, in_points, in_labels)
 
     def _decode_batches(self, features: dict, in_points: torch.Tensor,
                         in_labels: torch.Tensor, batch: int,
