@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zsplg import IGNORE_INDEX
+from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES, UNKNOWN_POLICIES
 from zsplg.masks.base import MaskProposals
 from zsplg.vl.base import DenseVisionLanguageModel
 
 _MASK_CHUNK = 64
-OVERLAP_POLICIES = ("small-on-top", "large-on-top", "confidence", "average")
-UNCOVERED_POLICIES = ("ignore", "background")
-UNKNOWN_POLICIES = ("ignore", "best-class")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from zsplg.annotate import OVERLAP_POLICIES, UNCOVERED_POLICIES
+from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES
 from zsplg.data.errors import InputError
 from zsplg.train_cli import predict_command, train_command
 from zsplg.weights import WeightsError

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from zsplg.train.methods import METHODS
-from zsplg.train.targets import DEFAULT_POLICY, POLICIES
+from zsplg.choices import DEFAULT_TARGET_POLICY as DEFAULT_POLICY
+from zsplg.choices import TARGET_POLICIES as POLICIES
+from zsplg.choices import TRAIN_METHODS as METHODS
 
 # Settings that only change how a run is watched or scheduled, not its result:
 # a resumed run may change them without being refused.

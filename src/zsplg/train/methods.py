@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from zsplg.choices import TRAIN_METHODS
 from zsplg.train.losses import (
     cutmix_targets,
     paste_cutmix,
@@ -31,7 +32,7 @@ from zsplg.train.targets import (
     unimatch_targets,
 )
 
-METHODS = ("supervised", "unimatch", "enhanced")
+METHODS = TRAIN_METHODS
 
 
 @dataclass(frozen=True)

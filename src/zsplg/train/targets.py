@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from zsplg import IGNORE_INDEX
+from zsplg.choices import DEFAULT_TARGET_POLICY, TARGET_POLICIES
 
 TargetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float],
                     tuple[torch.Tensor, torch.Tensor]]
@@ -78,7 +79,8 @@ POLICIES: dict[str, TargetFn] = {
     "confident-teacher": confident_teacher_targets,
     "agreement": agreement_targets,
 }
-DEFAULT_POLICY = "replace"  # best in benchmarks/semi_supervised.py (CamVid, see its README)
+DEFAULT_POLICY = DEFAULT_TARGET_POLICY
+assert tuple(POLICIES) == TARGET_POLICIES  # the CLI lists the names from zsplg.choices
 
 
 def policy_targets(name: str) -> TargetFn:
