@@ -28,3 +28,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shared_vl_backend():
+    """One vision-language model per (name, options) for a whole module: loading ConSE
+    is the slow part of every in-process `zsplg label` call."""
+    import zsplg.labeling as labeling
+
+    real = labeling.build_vl_model
+    built = {}
+
+    def build_once(name="auto", device="cpu", **options):
+        key = (name, device, tuple(sorted(options.items())))
+        if key not in built:
+            built[key] = real(name, device=device, **options)
+        return built[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(labeling, "build_vl_model", build_once)
+        yield built

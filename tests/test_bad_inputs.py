@@ -23,17 +23,16 @@ from typing import Literal
 
 import numpy as np
 import pytest
+from cli_helpers import invoke, squash
 from PIL import Image
-from typer.testing import CliRunner
 
 import zsplg.labeling as labeling
-from zsplg.cli import app
 from zsplg.config import apply_config, load_config, merge_settings, validate_config
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.labeling import LabelConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_vl_backend")]
 
 CLASSES = ["background", "cat", "car", "cup"]
 ALLOWED = {0, 1, 2, 3, 255}
@@ -44,33 +43,6 @@ FAILING = {  # file -> words its error must contain
     "text.png": "not an image",
 }
 VALID = ["cmyk", "deep16", "rgba", "exif", "tiny"]
-runner = CliRunner()
-
-
-def flat(text: str) -> str:
-    """Console output without whitespace: rich wraps long lines (and paths) anywhere."""
-    return "".join(text.split())
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_backend():
-    """One ConSE model for every invocation in this module (its load is the slow part)."""
-    real = labeling.build_vl_model
-    built = {}
-
-    def build_once(name="auto", device="cpu", **options):
-        key = (name, device, tuple(sorted(options.items())))
-        if key not in built:
-            built[key] = real(name, device=device, **options)
-        return built[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(labeling, "build_vl_model", build_once)
-        yield
 
 
 def _scene(height: int, width: int) -> np.ndarray:
@@ -163,7 +135,7 @@ def test_run_completes_and_reports_each_bad_file(labelled, workspace):
         record = by_name[name]
         assert record["path"] == str(workspace / "images" / name)
         assert words in record["error"] and name in record["error"]
-        assert flat(record["error"]) in flat(result.output)  # the same line on the console
+        assert squash(record["error"]) in squash(result.output)  # the same line on the console
         assert not (out / "labels" / Path(name).with_suffix(".png")).exists()
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished"
@@ -266,7 +238,7 @@ def test_list_naming_missing_files(labelled, workspace, tmp_path):
     assert len(records) == 1
     assert records[0]["path"] == str(images / "gone.jpg")
     assert "not found" in records[0]["error"]
-    assert "gone.jpg" in flat(result.output)
+    assert "gone.jpg" in squash(result.output)
     # A missing ground truth does not stop an image from being labelled.
     labels = sorted(p.name for p in (out / "labels").rglob("*.png"))
     assert labels == ["rgba.png", "tiny.png"]
@@ -288,13 +260,13 @@ def test_bad_class_lists_stop_label_and_eval_before_any_work(workspace, tmp_path
     out = tmp_path / "out"
     result = invoke("label", workspace / "images", "--classes", spec, "--out", out)
     assert result.exit_code == 2, result.output
-    assert flat(f"{spec}: {words}") in flat(result.output)
+    assert squash(f"{spec}: {words}") in squash(result.output)
     assert "Traceback" not in result.output
     assert not out.exists()
     pairs = tmp_path / "pairs.txt"
     pairs.write_text("a.png a_gt.png\n")
     result = invoke("eval", "--pred", tmp_path, "--list", pairs, "--classes", spec)
-    assert result.exit_code == 2 and flat(words) in flat(result.output)
+    assert result.exit_code == 2 and squash(words) in squash(result.output)
 
 
 @pytest.mark.parametrize("where", ["under-a-file", "proc"])
@@ -310,7 +282,7 @@ def test_unwritable_output_folder(workspace, tmp_path, where):
     result = invoke("label", workspace / "images", "--classes", workspace / "classes.txt",
                     "--out", out, "--masks", "superpixel", "--vl", "conse")
     assert result.exit_code == 2, result.output
-    assert flat(f"{out}: cannot write to the output folder") in flat(result.output)
+    assert squash(f"{out}: cannot write to the output folder") in squash(result.output)
     assert "Traceback" not in result.output
     assert not out.exists()
 
@@ -370,7 +342,7 @@ def test_eval_records_each_bad_label_and_scores_the_rest(eval_set):
     for key, (path, words) in expected.items():
         assert errors[key]["path"] == str(root / path)
         assert words in errors[key]["error"]
-        assert flat(str(root / path)) in flat(result.output)
+        assert squash(str(root / path)) in squash(result.output)
 
 
 def test_eval_to_an_unwritable_place(eval_set):
@@ -381,7 +353,7 @@ def test_eval_to_an_unwritable_place(eval_set):
                     root / "classes.txt", "--json", blocker / "eval.json")
     assert result.exit_code == 2, result.output
     assert "cannot write the evaluation results" in result.output
-    assert flat(str(blocker)) in flat(result.output)
+    assert squash(str(blocker)) in squash(result.output)
     assert "Traceback" not in result.output
 
 
@@ -491,9 +463,9 @@ def test_label_config_mistakes_fail_before_any_work(workspace, tmp_path, text, w
                       f"{workspace / 'classes.txt'}\nout: out\n{text}")
     result = invoke("label", "--config", config)
     assert result.exit_code == 2, result.output
-    assert flat(words) in flat(result.output)
+    assert squash(words) in squash(result.output)
     if "key" in words:
-        assert flat(str(config)) in flat(result.output)
+        assert squash(str(config)) in squash(result.output)
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
 
@@ -526,4 +498,4 @@ def test_label_with_config_file(workspace, tmp_path):
     again = invoke("label", "--config", config, "--overlap", "average")
     assert again.exit_code == 0 and "already done 1" in again.output
     refused = invoke("label", "--config", config)
-    assert refused.exit_code == 2 and "overlap" in flat(refused.output)
+    assert refused.exit_code == 2 and "overlap" in squash(refused.output)

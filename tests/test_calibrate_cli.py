@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import invoke
 from PIL import Image
-from typer.testing import CliRunner
 
-from zsplg.cli import app
 from zsplg.demo import VOC_CLASSES, _voc_sample
 
 BACKENDS = ["--masks", "superpixel", "--vl", "conse"]
+pytestmark = pytest.mark.usefixtures("shared_vl_backend")
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def labelled(tmp_path_factory) -> Path:
     return root
 
 
-def invoke(args: list[str]):
-    result = CliRunner().invoke(app, args)
+def succeed(args: list[str]):
+    result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result
 
@@ -51,7 +51,7 @@ def invoke(args: list[str]):
 def test_calibrate_label_eval_chain_from_the_command_line(labelled, tmp_path):
     pairs, classes = str(labelled / "pairs.txt"), str(labelled / "classes.txt")
     calib = tmp_path / "calib.json"
-    shown = invoke(["calibrate", "--list", pairs, "--classes", classes, "--out", str(calib),
+    shown = succeed(["calibrate", "--list", pairs, "--classes", classes, "--out", str(calib),
                     "--mode", "zero-shot", "--folds", "3", *BACKENDS]).output
     assert "uncalibrated zero-shot" in shown and "cross-validated gain" in shown
     saved = json.loads(calib.read_text())
@@ -60,21 +60,21 @@ def test_calibrate_label_eval_chain_from_the_command_line(labelled, tmp_path):
     assert saved["fitted_for"]["max_side"] == 1024
 
     # the uncalibrated labeller, painted and evaluated, scores what calibrate called "before"
-    invoke(["label", "--list", pairs, "--classes", classes, "--out", str(tmp_path / "plain"),
+    succeed(["label", "--list", pairs, "--classes", classes, "--out", str(tmp_path / "plain"),
             *BACKENDS])
-    before = invoke(["eval", "--pred", str(tmp_path / "plain" / "labels"), "--list", pairs,
+    before = succeed(["eval", "--pred", str(tmp_path / "plain" / "labels"), "--list", pairs,
                      "--classes", classes]).output
     before_miou = float(re.search(r"mIoU (\d+\.\d+)", before).group(1))
     assert before_miou == pytest.approx(saved["report"]["before"]["miou"], abs=0.01)
 
     # the calibration is fitted on these very images (zero-shot: the defaults are one of
     # its candidates), so painting with it cannot score lower than the defaults
-    invoke(["label", "--list", pairs, "--classes", classes, "--out", str(tmp_path / "calib"),
+    succeed(["label", "--list", pairs, "--classes", classes, "--out", str(tmp_path / "calib"),
             "--calibration", str(calib), *BACKENDS])
     run = json.loads((tmp_path / "calib" / "run.json").read_text())
     assert run["settings"]["calibration"]["mode"] == "zero-shot"
     assert run["settings"]["background_threshold"] == saved["background_threshold"]
-    after = invoke(["eval", "--pred", str(tmp_path / "calib" / "labels"), "--list", pairs,
+    after = succeed(["eval", "--pred", str(tmp_path / "calib" / "labels"), "--list", pairs,
                     "--classes", classes]).output
     after_miou = float(re.search(r"mIoU (\d+\.\d+)", after).group(1))
     assert after_miou >= before_miou - 0.01
@@ -82,10 +82,9 @@ def test_calibrate_label_eval_chain_from_the_command_line(labelled, tmp_path):
         "crop.png", "mirrored.png", "plain.png"]
 
     # a calibration made for other backend settings is refused in one line, nothing written
-    refused = CliRunner().invoke(app, ["label", "--list", pairs, "--classes", classes,
-                                       "--out", str(tmp_path / "other"), "--calibration",
-                                       str(calib), "--masks", "superpixel", "--vl", "conse",
-                                       "--max-side", "320"])  # the file was fitted at 1024
+    refused = invoke("label", "--list", pairs, "--classes", classes, "--out",
+                     tmp_path / "other", "--calibration", calib, "--masks", "superpixel",
+                     "--vl", "conse", "--max-side", "320")  # the file was fitted at 1024
     assert refused.exit_code == 2
     assert "max side" in refused.output and "Traceback" not in refused.output
     assert not (tmp_path / "other" / "labels").exists() or not any(
@@ -95,7 +94,7 @@ def test_calibrate_label_eval_chain_from_the_command_line(labelled, tmp_path):
 def test_label_calibrate_on_runs_the_whole_chain_in_one_command(labelled, tmp_path):
     pairs, classes = str(labelled / "pairs.txt"), str(labelled / "classes.txt")
     out = tmp_path / "run"
-    invoke(["label", "--list", pairs, "--classes", classes, "--out", str(out),
+    succeed(["label", "--list", pairs, "--classes", classes, "--out", str(out),
             "--calibrate-on", pairs, *BACKENDS])
     calibration = json.loads((out / "calibration.json").read_text())
     assert calibration["mode"] in ("zero-shot", "few-shot", "fused")

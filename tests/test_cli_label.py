@@ -17,45 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from cli_helpers import invoke, squash
 from PIL import Image
-from typer.testing import CliRunner
 
-import zsplg.labeling as labeling
-from zsplg.cli import app
-
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_vl_backend")]
 
 CLASSES = ["background", "cat", "cup", "car"]
 ALLOWED = {0, 1, 2, 3, 255}
 GOOD_KEYS = ["chelsea", "sub/coffee", "synthetic"]
 BAD_FILES = ["empty.jpg", "notes.png"]
 
-runner = CliRunner()
-
-
-def squash(text: str) -> str:
-    """Console output without whitespace: rich wraps long lines (and paths) anywhere."""
-    return "".join(text.split())
-
-
-def invoke(*args: str | Path):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_backend():
-    real = labeling.build_vl_model
-    built = {}
-
-    def build_once(name="auto", device="cpu", **options):
-        key = (name, device, tuple(sorted(options.items())))
-        if key not in built:
-            built[key] = real(name, device=device, **options)
-        return built[key]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(labeling, "build_vl_model", build_once)
-        yield built
 
 
 def _resized(image: np.ndarray, width: int) -> Image.Image:
