@@ -65,6 +65,9 @@ def test_calibrate_label_eval_chain_from_the_command_line(labelled, tmp_path):
     before = succeed(["eval", "--pred", str(tmp_path / "plain" / "labels"), "--list", pairs,
                      "--classes", classes]).output
     before_miou = float(re.search(r"mIoU (\d+\.\d+)", before).group(1))
+    # the audit: eval names the worst (ground truth, labelled as) pairs, from its own JSON
+    worst = json.loads((tmp_path / "plain" / "eval.json").read_text())["top_confusions"][0]
+    assert "top confusions" in before and worst["gt"] in before and worst["pred"] in before
     assert before_miou == pytest.approx(saved["report"]["before"]["miou"], abs=0.01)
 
     # the calibration is fitted on these very images (zero-shot: the defaults are one of

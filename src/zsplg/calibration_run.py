@@ -29,6 +29,7 @@ from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.sources import read_pair_list
 from zsplg.labelled_set import LabelledSet, reduce_sample
+from zsplg.metrics import CONFUSION_ADVICE, format_confusions
 from zsplg.progress import make_progress
 from zsplg.vl.fewshot import CalibratedModel
 
@@ -232,24 +233,11 @@ def print_report(calibration: Calibration, console: Console) -> None:
                   f"'{calibration.template_set}', threshold {calibration.background_threshold:g}, "
                   f"temperature {calibration.temperature:g}, few-shot weight "
                   f"{calibration.fewshot_weight:g})")
-    print_confusions(report["after"]["top_confusions"], console,
-                     "top confusions on the labelled images (held-out, calibrated)")
-
-
-def print_confusions(confusions: list[dict], console: Console, title: str) -> None:
-    """The audit: which ground-truth class is labelled as which, most often."""
-    if not confusions:
-        return
-    table = Table(title=title)
-    for column, justify in (("ground truth", "left"), ("labelled as", "left"),
-                            ("pixels", "right"), ("% of gt class", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for item in confusions:
-        table.add_row(escape(item["gt"]), escape(item["pred"]), f"{item['pixels']:,}",
-                      f"{item['share_of_gt']:.1f}")
-    console.print(table)
-    console.print("fix these with synonyms or prompts in a YAML class spec, or more labelled "
-                  "images of those classes")
+    if report["after"]["top_confusions"]:
+        console.print(format_confusions(
+            report["after"]["top_confusions"],
+            "top confusions on the labelled images (held-out, calibrated)"))
+        console.print(CONFUSION_ADVICE)
 
 
 def load_checked(path: str | Path, expected: dict) -> Calibration:

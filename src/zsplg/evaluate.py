@@ -218,7 +218,7 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     from zsplg.data.classes import load_class_spec
     from zsplg.data.errors import InputError
     from zsplg.data.sources import read_pair_list
-    from zsplg.metrics import format_table
+    from zsplg.metrics import CONFUSION_ADVICE, format_confusions, format_table
     from zsplg.progress import make_progress
 
     console = console or Console(stderr=True)
@@ -241,6 +241,9 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     metrics["inputs"] = {"pred": str(pred_dir), "list": str(pair_list), "classes": spec.to_dict(),
                          "ignore_index": spec.ignore_index}
     console.print(format_table(metrics))
+    if metrics["top_confusions"]:
+        console.print(format_confusions(metrics["top_confusions"], "top confusions"))
+        console.print(CONFUSION_ADVICE)
     json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
     write_eval_outputs(json_path, metrics, cm, spec.names, errors)
     return metrics, json_path

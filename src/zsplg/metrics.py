@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from zsplg import IGNORE_INDEX
@@ -216,6 +217,22 @@ def write_confusion_csv(path: str | Path, cm: ConfusionMatrix, class_names: list
         writer.writerow(["gt\\pred", *class_names, UNLABELLED])
         for name, row in zip(class_names, cm.matrix, strict=True):
             writer.writerow([name, *(int(v) for v in row)])
+
+
+CONFUSION_ADVICE = ("fix these with synonyms or prompts in a YAML class spec, or more labelled "
+                    "images of those classes")
+
+
+def format_confusions(confusions: list[dict[str, Any]], title: str) -> Table:
+    """The audit: which ground-truth class is labelled as which, most often."""
+    table = Table(title=title)
+    for column, justify in (("ground truth", "left"), ("labelled as", "left"),
+                            ("pixels", "right"), ("% of gt class", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for item in confusions:
+        table.add_row(escape(item["gt"]), escape(item["pred"]), f"{item['pixels']:,}",
+                      f"{item['share_of_gt']:.1f}")
+    return table
 
 
 def top_confusions(
