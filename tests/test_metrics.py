@@ -15,6 +15,7 @@ from zsplg.metrics import (
     compute_metrics,
     format_table,
     top_confusions,
+    unnamed_classes,
     write_confusion_csv,
 )
 
@@ -249,6 +250,15 @@ def test_top_confusions_ordering():
     with_abstain = top_confusions(cm, NAMES3, k=10, include_unlabelled=True)
     assert ("car", "unlabelled", 1) in [(t["gt"], t["pred"], t["pixels"]) for t in with_abstain]
     json.dumps(top)
+
+
+def test_unnamed_classes_are_present_but_almost_never_predicted():
+    # sky: found; road: 1 of 40 pixels found (2.5 %); car: absent from the ground truth
+    gt = np.array([0] * 10 + [1] * 40, np.uint8)
+    pred = np.array([0] * 10 + [1] * 1 + [0] * 39, np.uint8)
+    metrics = compute_metrics(_cm(pred, gt), NAMES3)
+    assert unnamed_classes(metrics) == ["road"]
+    assert unnamed_classes(metrics, max_recall=2.0) == []
 
 
 def test_top_confusions_ties_are_deterministic():

@@ -214,11 +214,18 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
                            json_path: Path | None = None, console=None) -> tuple[dict, Path]:
     """The `zsplg eval` command: evaluate, print the table, write JSON + CSV."""
     from rich.console import Console
+    from rich.markup import escape
 
     from zsplg.data.classes import load_class_spec
     from zsplg.data.errors import InputError
     from zsplg.data.sources import read_pair_list
-    from zsplg.metrics import CONFUSION_ADVICE, format_confusions, format_table
+    from zsplg.metrics import (
+        CONFUSION_ADVICE,
+        format_confusions,
+        format_table,
+        unnamed_advice,
+        unnamed_classes,
+    )
     from zsplg.progress import make_progress
 
     console = console or Console(stderr=True)
@@ -244,6 +251,8 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     if metrics["top_confusions"]:
         console.print(format_confusions(metrics["top_confusions"], "top confusions"))
         console.print(CONFUSION_ADVICE)
+    if unnamed := unnamed_classes(metrics):
+        console.print(escape(unnamed_advice(unnamed)))
     json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
     write_eval_outputs(json_path, metrics, cm, spec.names, errors)
     return metrics, json_path

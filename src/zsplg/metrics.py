@@ -223,6 +223,24 @@ CONFUSION_ADVICE = ("fix these with synonyms or prompts in a YAML class spec, or
                     "images of those classes")
 
 
+def unnamed_classes(metrics: dict[str, Any], max_recall: float = 5.0) -> list[str]:
+    """Classes present in the ground truth that the labeller almost never names.
+
+    Such a class is usually one the namer has no concept for (ConSE's ImageNet
+    vocabulary has no "person"); synonyms rarely help there, labelled examples
+    do, so the audit says so instead of suggesting prompts.
+    """
+    return [row["name"] for row in metrics["per_class"]
+            if row["gt_pixels"] > 0 and row["recall"] is not None
+            and row["recall"] < max_recall]
+
+
+def unnamed_advice(names: list[str]) -> str:
+    return (f"almost never labelled (recall under 5 %): {', '.join(names)}. The namer may have "
+            "no concept for these; synonyms rarely fix that, few-shot naming does "
+            "(`zsplg calibrate --mode auto` on labelled images).")
+
+
 def format_confusions(confusions: list[dict[str, Any]], title: str) -> Table:
     """The audit: which ground-truth class is labelled as which, most often."""
     table = Table(title=title)
