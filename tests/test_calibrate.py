@@ -400,3 +400,10 @@ def test_cli_calibrate_reports_bad_input_in_one_line(tmp_path):
     result = CliRunner().invoke(app, ["calibrate", "--list", "x", "--classes", "y", "--out", "z",
                                       "--mode", "magic"])
     assert result.exit_code == 2 and "--mode" in result.output
+    # the backend settings are checked as `label` checks them, before any file is read
+    for option, value, words in (("--overlap", "bogus", "overlap"), ("--max-side", "0", "max_side"),
+                                 ("--masks", "sam-vit-q", "sam-vit-q")):
+        result = CliRunner().invoke(app, ["calibrate", "--list", "x", "--classes", "y",
+                                          "--out", "z", option, value])
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert "Traceback" not in result.output

@@ -28,6 +28,7 @@ from zsplg.calibrate import (
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.sources import read_pair_list
+from zsplg.labeling import BackendConfig
 from zsplg.labelled_set import LabelledSet, reduce_sample
 from zsplg.metrics import CONFUSION_ADVICE, format_confusions
 from zsplg.progress import make_progress
@@ -40,29 +41,19 @@ CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass
-class CalibrateConfig:
+class CalibrateConfig(BackendConfig):
     """A `zsplg calibrate` run: the labelled list, the backends and the search."""
 
     pair_list: str
     classes: str
     out: str
-    masks: str = "auto"
-    vl: str = "auto"
-    overlap: str = "average"
-    uncovered: str = "ignore"
-    unknown: str = "ignore"
-    max_side: int = 1024
-    sam_checkpoint: str | None = None
-    clip_checkpoint: str | None = None
-    points_per_side: int = 32
-    cache_masks: bool = False
     cache_dir: str | None = None
     mode: str = "auto"
     folds: int = 5
     seed: int = 0
-    device: str = "auto"
 
     def __post_init__(self) -> None:
+        self.validate_backends()
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.folds < 2:

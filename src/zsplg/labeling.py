@@ -60,18 +60,16 @@ class ConfigMismatchError(RuntimeError):
     pass
 
 
-@dataclass
-class LabelConfig:
-    """Everything that decides a labelling run's outputs (written to run.json)."""
+@dataclass(kw_only=True)
+class BackendConfig:
+    """The backends and painting rules that `label` and `calibrate` share.
 
-    classes: str
-    out: str
-    images_dir: str | None = None
-    pair_list: str | None = None
+    A calibration is valid only for the values it was fitted with, so both
+    commands take them from this one definition (and check them the same way).
+    """
+
     masks: str = "auto"
     vl: str = "auto"
-    background_threshold: float | None = None
-    temperature: float | None = None
     overlap: str = "average"
     uncovered: str = "ignore"
     unknown: str = "ignore"
@@ -80,8 +78,33 @@ class LabelConfig:
     clip_checkpoint: str | None = None
     points_per_side: int = 32
     cache_masks: bool = False
-    templates: tuple[str, ...] = DEFAULT_TEMPLATES
     device: str = "auto"
+
+    def validate_backends(self) -> None:
+        """Names and ranges, checked before any file is read or model loaded."""
+        resolve_mask_generator_name(self.masks, self.sam_checkpoint)
+        resolve_vl_name(self.vl, self.clip_checkpoint)
+        AnnotatorConfig(overlap=self.overlap, uncovered=self.uncovered, unknown=self.unknown)
+        if self.max_side < 1:
+            raise ValueError(f"max_side must be >= 1, got {self.max_side}")
+        if self.points_per_side < 1:
+            raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side}")
+        if self.device.split(":")[0] not in _DEVICES:
+            raise ValueError(f"device must be one of {', '.join(_DEVICES)} (or cuda:N), "
+                             f"got {self.device!r}")
+
+
+@dataclass
+class LabelConfig(BackendConfig):
+    """Everything that decides a labelling run's outputs (written to run.json)."""
+
+    classes: str
+    out: str
+    images_dir: str | None = None
+    pair_list: str | None = None
+    background_threshold: float | None = None
+    temperature: float | None = None
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
     overwrite: bool = False
     # zsplg.calibration_run: a calibration file to apply, or a labelled list to fit one on
     calibration: str | None = None
@@ -99,16 +122,8 @@ def validate_label_config(config: LabelConfig) -> None:
     A misspelt policy or backend name would otherwise surface only after the
     models load (seconds to minutes), or halfway through a run.
     """
-    resolve_mask_generator_name(config.masks, config.sam_checkpoint)
-    resolve_vl_name(config.vl, config.clip_checkpoint)
-    config.annotator_config()  # overlap, uncovered, unknown, temperature
-    if config.max_side < 1:
-        raise ValueError(f"max_side must be >= 1, got {config.max_side}")
-    if config.points_per_side < 1:
-        raise ValueError(f"points_per_side must be >= 1, got {config.points_per_side}")
-    if config.device.split(":")[0] not in _DEVICES:
-        raise ValueError(f"device must be one of {', '.join(_DEVICES)} (or cuda:N), "
-                         f"got {config.device!r}")
+    config.validate_backends()
+    config.annotator_config()  # temperature
     if not config.templates or not all(isinstance(t, str) and "{}" in t
                                        for t in config.templates):
         raise ValueError("templates must be a non-empty list of sentences with a {} "
