@@ -425,12 +425,24 @@ class SamMaskGenerator:
         if long_side > img_size or long_side < 1:
             raise ValueError(f"long_side must be in 1..{img_size} (the SAM encoder's input "
                              f"size), got {long_side}")
+        if min_mask_region_area < 0:
+            raise ValueError("min_mask_region_area must be >= 0")
+        self._setup(model, variant, checkpoint, device, points_per_side, points_per_batch,
+                    pred_iou_thresh, stability_score_thresh, stability_score_offset,
+                    box_nms_thresh)
+        self.long_side = int(long_side)
+        self.min_mask_region_area = int(min_mask_region_area)
+
+    def _setup(self, model: torch.nn.Module, variant: str, checkpoint: Path | None,
+               device: torch.device, points_per_side: int, points_per_batch: int | None,
+               pred_iou_thresh: float, stability_score_thresh: float,
+               stability_score_offset: float, box_nms_thresh: float) -> None:
+        """What SAM and SAM 2.1 (a subclass) set up alike: the everything-mode settings
+        and the caches of the shared decode pipeline."""
         if points_per_side < 1:
             raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
         if points_per_batch is not None and points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1 or None, got {points_per_batch}")
-        if min_mask_region_area < 0:
-            raise ValueError("min_mask_region_area must be >= 0")
         self.model = model.to(device).eval()
         self.variant = variant
         self.checkpoint = checkpoint
@@ -441,8 +453,6 @@ class SamMaskGenerator:
         self.stability_score_thresh = float(stability_score_thresh)
         self.stability_score_offset = float(stability_score_offset)
         self.box_nms_thresh = float(box_nms_thresh)
-        self.long_side = int(long_side)
-        self.min_mask_region_area = int(min_mask_region_area)
         # checks and benchmarks: False runs the reference's full-resolution filters; a larger
         # tolerance sends more candidates down the exact fallback
         self.low_res_prefilter = True

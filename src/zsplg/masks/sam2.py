@@ -41,9 +41,6 @@ import torch
 from torch.nn import functional
 
 from zsplg.masks.sam import (
-    _FULL_RES_CHUNK_ELEMENTS,
-    _LOW_RES_CHUNK_ELEMENTS,
-    _RELATIVE_TOLERANCE,
     SamCheckpointError,
     SamMaskGenerator,
     _axis,
@@ -181,36 +178,16 @@ class Sam2MaskGenerator(SamMaskGenerator):
                  stability_score_offset: float, box_nms_thresh: float) -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-        if points_per_side < 1:
-            raise ValueError(f"points_per_side must be >= 1, got {points_per_side}")
-        if points_per_batch is not None and points_per_batch < 1:
-            raise ValueError(f"points_per_batch must be >= 1 or None, got {points_per_batch}")
         # the shared pipeline binarises at model.mask_threshold, which SAM's model class
         # carries and SAM2Base does not: SAM 2's predictor and generator use 0.0 as well
         if not hasattr(model, "mask_threshold"):
             model.mask_threshold = 0.0
-        self.model = model.to(device).eval()
-        self.variant = variant
-        self.checkpoint = checkpoint
-        self.device = device
-        self.points_per_side = int(points_per_side)
-        self.points_per_batch = points_per_batch
-        self.pred_iou_thresh = float(pred_iou_thresh)
-        self.stability_score_thresh = float(stability_score_thresh)
-        self.stability_score_offset = float(stability_score_offset)
-        self.box_nms_thresh = float(box_nms_thresh)
+        self._setup(model, variant, checkpoint, device, points_per_side, points_per_batch,
+                    pred_iou_thresh, stability_score_thresh, stability_score_offset,
+                    box_nms_thresh)
         self.image_size = int(model.image_size)
         self.long_side = self.image_size  # SAM 2 always resizes to its square input
         self.min_mask_region_area = 0  # see the module docstring
-        self.low_res_prefilter = True
-        self.tolerance = _RELATIVE_TOLERANCE
-        self._geometries: dict[tuple, _Geometry] = {}
-        self._auto_batch: int | None = None
-        gpu = device.type == "cuda"
-        self._low_res_chunk_elements = _LOW_RES_CHUNK_ELEMENTS * (4 if gpu else 1)
-        self._full_res_chunk_elements = _FULL_RES_CHUNK_ELEMENTS * (4 if gpu else 1)
-        self._fingerprint: str | None = None
-        self._checkpoint_bytes = checkpoint.stat().st_size if checkpoint is not None else None
         with warnings.catch_warnings():  # its transforms use the deprecated torch.jit.script
             warnings.simplefilter("ignore", FutureWarning)
             self.predictor = SAM2ImagePredictor(self.model)
