@@ -128,6 +128,21 @@ def test_unsupported_inputs_call_the_module(monkeypatch):
         wrapped = decode_point_prompts(Wrapper(decoder), embeddings, image_pe, sparse, dense)
         torch.testing.assert_close(wrapped, reference(decoder, embeddings, image_pe, sparse,
                                                       dense), atol=0, rtol=0)
+        # a transformer with a subclassed attention layer (a patched or adapted model)
+        from segment_anything.modeling.transformer import Attention
+
+        class PatchedAttention(Attention):
+            pass
+
+        _, patched = tiny_parts()
+        patched.load_state_dict(decoder.state_dict())
+        original = patched.transformer.layers[0].self_attn
+        patched.transformer.layers[0].self_attn = PatchedAttention(
+            original.embedding_dim, original.num_heads)
+        patched.transformer.layers[0].self_attn.load_state_dict(original.state_dict())
+        torch.testing.assert_close(
+            decode_point_prompts(patched, embeddings, image_pe, sparse, dense),
+            reference(patched, embeddings, image_pe, sparse, dense), atol=0, rtol=0)
         # a different dense embedding per prompt
         per_prompt = dense + torch.randn(dense.shape)
         torch.testing.assert_close(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from zsplg.masks.sam_decoder import _transformer
+from zsplg.masks.sam_decoder import _transformer, is_standard_transformer
 
 __all__ = ["decode_sam2_point_prompts"]
 
@@ -57,16 +57,9 @@ def _supported(decoder: torch.nn.Module, image_embed: torch.Tensor, image_pe: to
 
     if type(decoder) is not MaskDecoder or not decoder.use_high_res_features:
         return False
-    transformer = decoder.transformer
-    if type(transformer) is not TwoWayTransformer or type(
-            transformer.final_attn_token_to_image) is not Attention:
+    if not is_standard_transformer(decoder.transformer, TwoWayTransformer,
+                                   TwoWayAttentionBlock, Attention):
         return False
-    for layer in transformer.layers:
-        if type(layer) is not TwoWayAttentionBlock or any(
-                type(attn) is not Attention for attn in (
-                    layer.self_attn, layer.cross_attn_token_to_image,
-                    layer.cross_attn_image_to_token)):
-            return False
     layers = tuple(decoder.output_upscaling)
     if len(layers) != 5 or type(layers[1]) is not LayerNorm2d:
         return False

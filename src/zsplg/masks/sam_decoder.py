@@ -58,20 +58,25 @@ def decode_point_prompts(decoder: torch.nn.Module, image_embeddings: torch.Tenso
     return masks[:, mask_slice], iou_pred[:, mask_slice]
 
 
+def is_standard_transformer(transformer: torch.nn.Module, transformer_type: type,
+                            block_type: type, attention_type: type) -> bool:
+    """Whether a two-way transformer is built only of the library's own classes (the
+    types passed: segment-anything's or sam2's), so the restructured decoder computes
+    exactly what it would; a subclass or a patched module gets the library's path."""
+    if type(transformer) is not transformer_type or type(
+            transformer.final_attn_token_to_image) is not attention_type:
+        return False
+    return all(type(layer) is block_type and all(
+        type(attn) is attention_type for attn in (
+            layer.self_attn, layer.cross_attn_token_to_image, layer.cross_attn_image_to_token))
+        for layer in transformer.layers)
+
+
 def _supported(decoder: torch.nn.Module, image_embeddings: torch.Tensor,
                image_pe: torch.Tensor, dense: torch.Tensor) -> bool:
-    if type(decoder) is not MaskDecoder:
+    if type(decoder) is not MaskDecoder or not is_standard_transformer(
+            decoder.transformer, TwoWayTransformer, TwoWayAttentionBlock, Attention):
         return False
-    transformer = decoder.transformer
-    if type(transformer) is not TwoWayTransformer or type(
-            transformer.final_attn_token_to_image) is not Attention:
-        return False
-    for layer in transformer.layers:
-        if type(layer) is not TwoWayAttentionBlock or any(
-                type(attn) is not Attention for attn in (
-                    layer.self_attn, layer.cross_attn_token_to_image,
-                    layer.cross_attn_image_to_token)):
-            return False
     if image_embeddings.shape[0] != 1 or image_pe.shape[0] != 1 or dense.dim() != 4:
         return False
     # one dense embedding for all prompts: an expanded tensor, or equal slices
