@@ -251,7 +251,11 @@ def test_auto_mode_compares_modes_and_few_shot_learns_the_colours(dataset):
     model = ColourModel(bias={0: 0.8})  # red wins everything zero-shot
     spec = load_class_spec(dataset.parent / "classes.txt")
     lset = reduced(dataset, model)
-    calibration = calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None)
+    ticks: list[tuple[int, int]] = []
+    calibration = calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None,
+                            progress=lambda done, total: ticks.append((done, total)))
+    # 3 cross-fitted heads, 3 modes x 3 folds, then the chosen mode fitted on everything
+    assert ticks == [(i, 13) for i in range(1, 14)]
     modes = calibration.report["modes"]
     assert set(modes) == {"zero-shot", "few-shot", "fused"}
     assert modes["few-shot"]["miou"] > 90

@@ -241,7 +241,8 @@ class _Problem:
         x, y, w = self.fewshot_examples(image_indices)
         return FewShotHead.fit(x, y, self.spec.num_classes, sample_weight=w, l2=FEWSHOT_L2)
 
-    def cross_fitted_fewshot(self, log: Callable[[str], None]) -> np.ndarray:
+    def cross_fitted_fewshot(self, log: Callable[[str], None],
+                             step: Callable[[], None] = lambda: None) -> np.ndarray:
         """(M, K) few-shot column scores, each image scored by a head that never saw it."""
         out = np.zeros((len(self.lset.pooled), len(self.column_ids)), dtype=np.float32)
         for fold in np.unique(self.folds):
@@ -250,6 +251,7 @@ class _Problem:
             rows = self.lset.masks_of_images(np.flatnonzero(self.folds == fold))
             out[rows] = head_columns(head.log_probs(self.lset.pooled[rows]), self.column_ids)
             log(f"few-shot head for fold {fold + 1}: {len(train)} training images")
+            step()
         return out
 
     # ---- scoring
@@ -408,7 +410,8 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
               overlap: str = "average", uncovered: str = "ignore", unknown: str = "ignore",
               mode: str = "auto", folds: int = 5, seed: int = 0,
               template_sets: dict[str, tuple[str, ...]] | None = None,
-              log: Callable[[str], None] = print) -> Calibration:
+              log: Callable[[str], None] = print,
+              progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Cross-validate every mode asked for, then fit the chosen one on all images.
 
     mode "auto" compares zero-shot, few-shot and fused by cross-validated mIoU
@@ -418,7 +421,7 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     modes = ("zero-shot", "few-shot", "fused") if mode == "auto" else (mode,)
     fitted = calibrate_modes(lset, model, spec, modes, overlap, uncovered, unknown, folds, seed,
-                             template_sets, log, final="best")
+                             template_sets, log, final="best", progress=progress)
     return next(iter(fitted.values()))
 
 
@@ -427,19 +430,33 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
                     unknown: str = "ignore", folds: int = 5, seed: int = 0,
                     template_sets: dict[str, tuple[str, ...]] | None = None,
                     log: Callable[[str], None] = print,
-                    final: str = "all") -> dict[str, Calibration]:
+                    final: str = "all",
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Calibration]:
     """Cross-validated figures for each mode, and the calibration fitted on all
     images for each mode (final="all") or for the best one only (final="best").
 
     Every returned Calibration carries the same report (all modes' figures);
-    report["chosen"] is the best mode by cross-validated mIoU.
+    report["chosen"] is the best mode by cross-validated mIoU. progress(done,
+    total) is called after each head and each search (they take similar time).
     """
     started = time.perf_counter()
     template_sets = template_sets or TEMPLATE_SETS
     assignment = make_folds(len(lset), folds, seed)
+    num_folds = int(assignment.max() + 1)
+    uses_head = bool(set(modes) - {"zero-shot"})
+    total_steps = ((num_folds if uses_head else 0) + len(modes) * num_folds
+                   + (1 if final == "best" else len(modes)))
+    done = 0
+
+    def step() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total_steps)
+
     problem = _Problem(lset, model, spec, overlap, uncovered, unknown, template_sets,
                        assignment, log)
-    fewshot = problem.cross_fitted_fewshot(log) if set(modes) - {"zero-shot"} else None
+    fewshot = problem.cross_fitted_fewshot(log, step) if uses_head else None
     everything = np.arange(len(lset))
     zeros = np.zeros(len(problem.column_ids), dtype=np.float32)
     before = problem.confusion(_Setting(*problem.default_key, weight=0.0, offsets=zeros), None)
@@ -453,15 +470,17 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
             setting = problem.fit(train, name, fewshot)
             total += problem.confusion(setting, fewshot, lset.atoms_of_images(
                 np.flatnonzero(assignment == fold)))
+            step()
         report["modes"][name] = _metrics(total, spec)
         log(f"{name}: cross-validated mIoU {report['modes'][name]['miou']:.2f}")
     chosen = max(modes, key=lambda m: report["modes"][m]["miou"])
     report["chosen"] = chosen
     report["after"] = report["modes"][chosen]
-    head = problem.fit_head(everything) if set(modes) - {"zero-shot"} else None
+    head = problem.fit_head(everything) if uses_head else None
     out = {}
     for name in (chosen,) if final == "best" else modes:
         setting = problem.fit(everything, name, fewshot)
+        step()
         out[name] = Calibration(
             mode=name, templates=list(template_sets[setting.template_set]),
             template_set=setting.template_set, background_threshold=float(setting.threshold),

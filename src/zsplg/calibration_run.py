@@ -186,8 +186,12 @@ def run_calibrate(config: CalibrateConfig, console: Console | None = None,
     def log(message: str) -> None:
         console.print(escape(message))
 
-    calibration = calibrate(lset, labeller.vl_model, spec, config.overlap, config.uncovered,
-                            config.unknown, config.mode, config.folds, config.seed, log=log)
+    with make_progress(console, unit="fit") as bar:
+        task = bar.add_task("search", total=None)
+        calibration = calibrate(
+            lset, labeller.vl_model, spec, config.overlap, config.uncovered, config.unknown,
+            config.mode, config.folds, config.seed, log=log,
+            progress=lambda done, total: bar.update(task, completed=done, total=total))
     calibration.fitted_for = {
         **expected_fit(labeller, spec, config.overlap, config.uncovered, config.unknown,
                        config.max_side),
