@@ -176,7 +176,8 @@ def test_thresholded_softmax_temperature_sharpens():
 @pytest.mark.parametrize(
     "kwargs",
     [{"overlap": "biggest"}, {"overlap": ""}, {"uncovered": "zero"}, {"uncovered": "Ignore"},
-     {"temperature": 0.0}, {"temperature": -0.1}],
+     {"temperature": 0.0}, {"temperature": -0.1}, {"min_confidence": -0.1},
+     {"min_confidence": 1.5}],
 )
 def test_annotator_config_rejects_bad_values(kwargs):
     with pytest.raises(ValueError):
@@ -381,6 +382,33 @@ def test_average_policy_uncovered_pixels():
     filled = make_annotator(overlap="average", uncovered="background").annotate_pooled(
         proposals, pooled)
     assert (filled.label[:, 3:] == BACKGROUND).all()
+
+
+def test_min_confidence_ignores_unsure_pixels_but_keeps_their_confidence():
+    """Nested masks that disagree: the averaged inside is less sure than the outside."""
+    proposals = nested_scene()
+    pooled = nested_pooled(0.9, 0.7)
+    full = make_annotator(overlap="average").annotate_pooled(proposals, pooled)
+    inside, outside = full.confidence[3, 3], full.confidence[0, 0]
+    assert inside < outside
+    cut = (inside + outside) / 2
+    sure = make_annotator(overlap="average", min_confidence=cut).annotate_pooled(
+        proposals, pooled)
+    unsure = full.confidence < cut
+    assert unsure.any() and (~unsure).any()
+    assert (sure.label[unsure] == IGNORE_INDEX).all()
+    assert (sure.label[~unsure] == full.label[~unsure]).all()
+    np.testing.assert_array_equal(sure.confidence, full.confidence)
+
+
+def test_min_confidence_leaves_the_uncovered_rule_alone():
+    masks = np.zeros((1, 4, 6), dtype=bool)
+    masks[0, :, :3] = True
+    proposals = MaskProposals.from_masks(masks)
+    filled = make_annotator(overlap="average", uncovered="background",
+                            min_confidence=0.01).annotate_pooled(proposals, A[None].clone())
+    assert (filled.label[:, 3:] == BACKGROUND).all()  # confidence 0, yet background as asked
+    assert (filled.label[:, :3] == 3).all()
 
 
 def test_average_policy_with_many_masks_across_chunks():

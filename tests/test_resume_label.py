@@ -285,6 +285,19 @@ def test_overwrite_with_same_settings_relabels_only_this_runs_images(small, tmp_
     assert extra.exists()
 
 
+def test_min_confidence_is_a_setting_and_runs_made_before_it_still_resume(small, tmp_path):
+    images, classes = small
+    out = tmp_path / "out"
+    _label(images, classes, out)
+    recorded = json.loads((out / "run.json").read_text())["settings"]
+    assert "min_confidence" not in recorded  # the default is recorded as older runs did
+    assert _label(images, classes, out, min_confidence=0.0)["counts"]["already_done"] == 5
+    with pytest.raises(ConfigMismatchError, match="min_confidence"):
+        _label(images, classes, out, min_confidence=0.6)
+    info = _label(images, classes, out, min_confidence=0.6, overwrite=True)
+    assert info["settings"]["min_confidence"] == 0.6
+
+
 def test_classes_compared_by_content_not_path(small, tmp_path):
     images, classes = small
     out = tmp_path / "out"

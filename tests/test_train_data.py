@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from zsplg.data.errors import InputError
-from zsplg.data.labels import write_label_png
+from zsplg.data.labels import write_confidence_png, write_label_png
 from zsplg.data.sources import Sample
 from zsplg.train.augment import IMAGENET_MEAN, IMAGENET_STD, cutmix_box, strong_augment
 from zsplg.train.datasets import LabelledDataset, UnlabelledDataset, ValDataset
@@ -180,6 +180,34 @@ def test_missing_pseudo_labels_are_all_ignored(samples):
     assert (with_dir[2]["pseudo"] == 255).all()  # no file for this key
     assert (with_dir[0]["pseudo"] != 255).any()
     assert (UnlabelledDataset(image_only, CROP)[0]["pseudo"] == 255).all()
+
+
+def test_min_confidence_leaves_unsure_pseudo_pixels_to_the_teacher(tmp_path):
+    """A `zsplg label` folder: labels/ and confidence/; unsure pixels become ignore."""
+    image = tmp_path / "im.png"
+    Image.fromarray(position_image()).save(image)
+    run = tmp_path / "run"
+    write_label_png(run / "labels" / "im.png", position_label())
+    confidence = np.where(np.arange(WIDTH)[None, :] < WIDTH // 2, 0.9, 0.3)
+    write_confidence_png(run / "confidence" / "im.png",
+                         np.broadcast_to(confidence, (HEIGHT, WIDTH)).astype(np.float32))
+    sample = [Sample(image=image, label=None, key="im")]
+    kept = UnlabelledDataset(sample, CROP, pseudo_label_dir=run / "labels", seed=0)
+    sure = UnlabelledDataset(sample, CROP, pseudo_label_dir=run / "labels", seed=0,
+                             min_confidence=0.5)
+    a, b = kept[0], sure[0]
+    assert torch.equal(a["img_w"], b["img_w"])  # the same crop: only the target differs
+    # the kept label where the crop shows the sure (left) half, ignore on the right half
+    colour_x = denormalise(a["img_w"])[..., 0] / 4
+    left = (colour_x < WIDTH // 2 - 1) & (a["ignore_mask"] != 255).numpy()
+    right = (colour_x > WIDTH // 2) & (a["ignore_mask"] != 255).numpy()
+    assert left.any() and right.any()
+    assert torch.equal(b["pseudo"][torch.from_numpy(left)], a["pseudo"][torch.from_numpy(left)])
+    assert (b["pseudo"][torch.from_numpy(right)] == 255).all()
+    (run / "confidence" / "im.png").unlink()
+    (run / "confidence").rmdir()
+    with pytest.raises(InputError, match="confidence"):
+        UnlabelledDataset(sample, CROP, pseudo_label_dir=run / "labels", min_confidence=0.5)
 
 
 def test_cutmix_box_statistics():

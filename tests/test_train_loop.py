@@ -63,6 +63,32 @@ def test_enhanced_targets_use_the_pseudo_labels(data, tmp_path) -> None:
     assert json.loads((out2 / "history.jsonl").read_text().splitlines()[0])["mask_ratio"] == 0
 
 
+def test_pseudo_min_confidence_leaves_unsure_pixels_to_the_teacher(data, tmp_path) -> None:
+    # no confident teacher: the mask ratio is the share of pseudo-label pixels kept
+    ratios = {}
+    for floor in (0.0, 0.5):
+        out = tmp_path / f"run{floor}"
+        _run(data, out, method="enhanced", policy="confident-teacher", conf_thresh=1.0, iters=1,
+             pseudo_min_confidence=floor)
+        ratios[floor] = json.loads((out / "history.jsonl").read_text().splitlines()[0])[
+            "mask_ratio"]
+    assert 0.05 < ratios[0.5] < 0.75 * ratios[0.0]  # the unsure right halves are dropped
+    with pytest.raises(ValueError, match="pseudo_min_confidence"):
+        _run(data, tmp_path / "bad", method="enhanced", pseudo_min_confidence=1.5)
+
+
+def test_a_setting_added_later_resumes_at_its_default(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    _run(data, out, method="supervised", iters=1)
+    latest = out / "checkpoints" / "latest.pt"
+    state = torch.load(latest, weights_only=False)
+    del state["config"]["pseudo_min_confidence"]  # as a run made before the setting existed
+    torch.save(state, latest)
+    _run(data, out, method="supervised", iters=1)  # no mismatch reported
+    with pytest.raises(ResumeMismatchError, match="pseudo_min_confidence"):
+        _run(data, out, method="supervised", iters=1, pseudo_min_confidence=0.5)
+
+
 def test_resume_after_interruption_equals_uninterrupted(data, tmp_path, monkeypatch) -> None:
     settings = dict(method="unimatch", iters=4, conf_thresh=0.0)
     full_out = tmp_path / "full"

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zsplg.data.labels import write_label_png
+from zsplg.data.labels import write_confidence_png, write_label_png
 
 CLASSES = ["background", "square", "disc"]
 
@@ -51,6 +51,10 @@ def make_dataset(root: Path, n_labelled: int = 4, n_unlabelled: int = 4, n_val: 
         noisy = label.copy()
         noisy[rng.random(label.shape) < 0.1] = 255
         write_label_png(pseudo / f"u{i}.png", noisy)
+        # as `zsplg label` writes beside labels/: the left half sure, the right half not
+        confidence = np.where(np.arange(w)[None, :] < w // 2, 0.9, 0.2) * np.ones((h, 1))
+        write_confidence_png(pseudo.parent / "confidence" / f"u{i}.png",
+                             confidence.astype(np.float32))
     for name, lines in lists.items():
         (root / f"{name}.txt").write_text("\n".join(lines) + "\n")
     (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")

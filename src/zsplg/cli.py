@@ -61,6 +61,7 @@ def label(
     overlap: Annotated[str, typer.Option(help=f"Overlap policy: {', '.join(OVERLAP_POLICIES)}.")] = "average",
     uncovered: Annotated[str, typer.Option(help=f"Uncovered pixels: {', '.join(UNCOVERED_POLICIES)}.")] = "ignore",
     unknown: Annotated[str, typer.Option(help="Specs without a background class: a mask no class matches becomes 255 (ignore) or its best class (best-class).")] = "ignore",
+    min_confidence: Annotated[float, typer.Option(help="Pixels labelled with less confidence become 255 (ignore); the confidence maps keep every value.")] = 0.0,
     max_side: Annotated[int, typer.Option(help="Images are processed at most this long side.")] = 1024,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="Relabel a folder made with other settings.")] = False,
@@ -83,7 +84,8 @@ def label(
              "clip_checkpoint": clip_checkpoint, "points_per_side": points_per_side,
              "cache_masks": cache_masks, "background_threshold": threshold,
              "temperature": temperature, "overlap": overlap, "uncovered": uncovered,
-             "unknown": unknown, "max_side": max_side, "device": device, "overwrite": overwrite,
+             "unknown": unknown, "min_confidence": min_confidence, "max_side": max_side,
+             "device": device, "overwrite": overwrite,
              "calibration": calibration, "calibrate_on": calibrate_on}
     flags = {k: str(v) if isinstance(v, Path) else v for k, v in flags.items()}
     typed = {CONFIG_ALIASES.get(name, name) for name in _typed_params(ctx)}

@@ -104,6 +104,7 @@ class LabelConfig(BackendConfig):
     pair_list: str | None = None
     background_threshold: float | None = None
     temperature: float | None = None
+    min_confidence: float = 0.0
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     overwrite: bool = False
     # zsplg.calibration_run: a calibration file to apply, or a labelled list to fit one on
@@ -113,7 +114,8 @@ class LabelConfig(BackendConfig):
     def annotator_config(self) -> AnnotatorConfig:
         return AnnotatorConfig(background_threshold=self.background_threshold,
                                temperature=self.temperature, overlap=self.overlap,
-                               uncovered=self.uncovered, unknown=self.unknown)
+                               uncovered=self.uncovered, unknown=self.unknown,
+                               min_confidence=self.min_confidence)
 
 
 def validate_label_config(config: LabelConfig) -> None:
@@ -123,7 +125,7 @@ def validate_label_config(config: LabelConfig) -> None:
     models load (seconds to minutes), or halfway through a run.
     """
     config.validate_backends()
-    config.annotator_config()  # temperature
+    config.annotator_config()  # temperature, min_confidence
     if not config.templates or not all(isinstance(t, str) and "{}" in t
                                        for t in config.templates):
         raise ValueError("templates must be a non-empty list of sentences with a {} "
@@ -241,6 +243,8 @@ def _output_settings(config: LabelConfig) -> dict:
     settings["vl"] = resolve_vl_name(config.vl, config.clip_checkpoint)
     if not settings["masks"].startswith("sam"):
         settings.pop("points_per_side")
+    if not config.min_confidence:  # as runs made before the setting existed record it
+        settings.pop("min_confidence")
     if config.calibration:  # its content decides the outputs, not its path
         from zsplg.calibration_run import calibration_summary
 

@@ -29,6 +29,8 @@ HELP = {
     "out": "Run folder: config.yaml, checkpoints/, history.jsonl, tensorboard/, metrics.json.",
     "unlabelled": "Unlabelled images: a folder or an image list (no mask files needed).",
     "pseudo_labels": "Folder written by `zsplg label` (method enhanced).",
+    "pseudo_min_confidence": "Pseudo-label pixels below this confidence (the label run's "
+                             "confidence maps) are left to the teacher, as in unimatch.",
     "val": "Validation pair-list.",
     "method": "supervised, unimatch or enhanced.",
     "policy": "Enhanced labels: replace, confident-teacher or agreement.",

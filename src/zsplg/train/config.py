@@ -24,6 +24,7 @@ class TrainConfig:
     out: str = ""
     unlabelled: str | None = None
     pseudo_labels: str | None = None
+    pseudo_min_confidence: float = 0.0
     val: str | None = None
     method: str = "unimatch"
     policy: str = DEFAULT_POLICY
@@ -88,6 +89,11 @@ class TrainConfig:
                 raise ValueError(f"{key}: must be positive, got {getattr(self, key)}")
         if not 0 <= self.conf_thresh <= 1:
             raise ValueError(f"conf_thresh: must be in [0, 1], got {self.conf_thresh}")
+        if not 0 <= self.pseudo_min_confidence < 1:
+            raise ValueError("pseudo_min_confidence: must be in [0, 1), got "
+                             f"{self.pseudo_min_confidence}")
+        if self.pseudo_min_confidence > 0 and not self.pseudo_labels:
+            raise ValueError("pseudo_min_confidence needs pseudo_labels (a `zsplg label` folder)")
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing: must be in [0, 1), got {self.smoothing}")
         if not 0 < self.scale_min <= self.scale_max:

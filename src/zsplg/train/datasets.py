@@ -131,13 +131,22 @@ class UnlabelledDataset(_EpochSeeded):
     def __init__(self, samples: Sequence[Sample], crop_size: int,
                  pseudo_label_dir: str | PathLike[str] | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0,
-                 num_classes: int | None = None) -> None:
+                 num_classes: int | None = None, min_confidence: float = 0.0) -> None:
         super().__init__(samples, seed)
         self.crop_size, self.scale_range = _check_geometry(crop_size, scale_range)
         self.pseudo_label_dir = None if pseudo_label_dir is None else Path(pseudo_label_dir)
         if self.pseudo_label_dir is not None and not self.pseudo_label_dir.is_dir():
             raise InputError(self.pseudo_label_dir, "pseudo-label folder not found")
         self.num_classes = num_classes
+        self.min_confidence = float(min_confidence)
+        self.confidence_dir = None
+        if self.min_confidence > 0 and self.pseudo_label_dir is not None:
+            # `zsplg label` writes OUT/labels/KEY.png and OUT/confidence/KEY.png
+            self.confidence_dir = self.pseudo_label_dir.parent / "confidence"
+            if not self.confidence_dir.is_dir():
+                raise InputError(self.confidence_dir, "confidence maps not found: a minimum "
+                                 "pseudo-label confidence needs the confidence/ folder that "
+                                 "`zsplg label` writes beside labels/")
 
     def pseudo_label_path(self, sample: Sample) -> Path | None:
         """Where `zsplg label` wrote this sample's label (labels/<key>.png), if it exists."""
@@ -145,6 +154,22 @@ class UnlabelledDataset(_EpochSeeded):
             return None
         path = self.pseudo_label_dir / f"{sample.key}.png"
         return path if path.is_file() else None
+
+    def _drop_unsure(self, pseudo: np.ndarray, sample: Sample) -> np.ndarray:
+        """Pseudo label with pixels below min_confidence set to ignore (the teacher's)."""
+        assert self.confidence_dir is not None
+        path = self.confidence_dir / f"{sample.key}.png"
+        try:
+            with Image.open(path) as handle:
+                confidence = np.asarray(handle.convert("L"))
+        except (OSError, ValueError) as exc:
+            raise InputError(path, f"unreadable confidence map ({exc})") from None
+        if confidence.shape != pseudo.shape:
+            raise InputError(path, f"confidence map size {confidence.shape[0]}x"
+                                   f"{confidence.shape[1]} does not match its pseudo label's "
+                                   f"{pseudo.shape[0]}x{pseudo.shape[1]}")
+        # the maps hold round(confidence * 255)
+        return np.where(confidence / 255.0 < self.min_confidence, IGNORE, pseudo).astype(np.uint8)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
@@ -154,6 +179,8 @@ class UnlabelledDataset(_EpochSeeded):
             pseudo = np.full(image.shape[:2], IGNORE, dtype=np.uint8)
         else:
             image, pseudo = _read_pair(sample.image, pseudo_path, self.num_classes, IGNORE)
+            if self.confidence_dir is not None:
+                pseudo = self._drop_unsure(pseudo, sample)
         rng = self.rng(index)
         weak, (pseudo_crop,), padding = weak_augment(
             Image.fromarray(image), [pseudo], rng, self.crop_size,

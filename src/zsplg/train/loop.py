@@ -239,7 +239,8 @@ class Trainer:
         def unlabelled(seed: int) -> UnlabelledDataset:
             return UnlabelledDataset(self.unlabelled, c.crop_size, pseudo_label_dir=pseudo,
                                      scale_range=scale, seed=seed,
-                                     num_classes=self.spec.num_classes)
+                                     num_classes=self.spec.num_classes,
+                                     min_confidence=c.pseudo_min_confidence)
 
         # The CutMix source gets its own augmentation seed, so an image drawn by both
         # streams in one epoch is still two independent crops (as with UniMatch's two loaders).
@@ -265,7 +266,9 @@ class Trainer:
         state = load_checkpoint(self.latest_path)
         previous = state.get("config", {})
         ours = self.config.result_settings()
-        changed = sorted(k for k in ours if previous.get(k) != ours[k])
+        # a setting added after the run was made counts as its default there
+        defaults = TrainConfig().result_settings()
+        changed = sorted(k for k in ours if previous.get(k, defaults[k]) != ours[k])
         if changed:
             raise ResumeMismatchError(
                 f"{self.latest_path}: this folder holds a run with other settings "
