@@ -3,10 +3,10 @@
 Runs `zsplg label` as a child process and samples its resident set size (RSS)
 and high-water mark from /proc (Linux) every --interval seconds, together with
 how many label PNGs exist. Prints one JSON object: RSS and peak after
-checkpoints of 1, 10, 50, 100, ... images, and the RSS range after the first
-50 (allocator warm-up). A leak shows as RSS rising with the count; a flat RSS
-with a slowly rising peak means larger transient allocations (bigger images),
-not kept memory.
+checkpoints of 1, 10, 50, 100, ... images, the mean RSS over each tenth of the
+images, and the RSS range after the first 50 (allocator warm-up). A leak
+shows as RSS rising with the count; a flat RSS with a slowly rising peak means
+larger transient allocations (bigger images), not kept memory.
 
     python benchmarks/label_memory.py --from ../shared/data/voc2012-mini/train.txt \\
         ../shared/data/voc2012-mini/val.txt ../shared/data/camvid/train.txt --limit 500 \\
@@ -15,6 +15,10 @@ not kept memory.
 `--from` takes the image column of pair-lists (in order, first --limit);
 `--list` takes an image list as it is.
 
+`--passes N` labels the same images N times in this process instead (through
+the Python API, `Labeller.label_array`), printing this process's RSS per pass:
+with no leak, pass 2 stays at pass 1's level, whatever the image sizes.
+
 Arguments after `--` go to `zsplg label` unchanged.
 """
 
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,6 +44,36 @@ def read_status(pid: int) -> tuple[int, int] | None:
         return None
 
 
+def own_rss_mib() -> int:
+    status = read_status(os.getpid())
+    return round(status[0] / 1024) if status else -1
+
+
+def repeated_passes(images: list[Path], classes: Path, passes: int, extra: list[str]) -> dict:
+    """Label the same images `passes` times in this process; RSS after each tenth."""
+    import torch
+
+    from zsplg.data.classes import load_class_spec
+    from zsplg.data.images import read_image
+    from zsplg.labeling import Labeller
+
+    options = dict(zip(extra[::2], extra[1::2], strict=False))
+    torch.set_num_threads(2)
+    labeller = Labeller.from_names(load_class_spec(classes), options.get("--masks", "auto"),
+                                   options.get("--vl", "auto"), device="cpu")
+    arrays = [read_image(p, max_side=1024) for p in images]
+    started, out = time.perf_counter(), []
+    for number in range(passes):
+        marks = {}
+        for index, array in enumerate(arrays):
+            labeller.label_array(array)
+            if (index + 1) % max(len(arrays) // 10, 1) == 0 or index + 1 == len(arrays):
+                marks[str(index + 1)] = own_rss_mib()
+        out.append({"pass": number + 1, "rss_mib_after_images": marks})
+    return {"images": len(arrays), "passes": out,
+            "seconds": round(time.perf_counter() - started)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -51,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", required=True, type=Path)
     parser.add_argument("--out", type=Path, help="label folder (default: a temp folder)")
     parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--passes", type=int, default=0,
+                        help="label the images this many times in-process instead")
     args = parser.parse_args(own)
     work = Path(tempfile.mkdtemp(prefix="zsplg-memory-"))
     out = args.out or work / "run"
@@ -62,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in pairs.read_text().splitlines() if line.strip()]
     if args.limit:
         images = images[: args.limit]
+    if args.passes:
+        print(json.dumps(repeated_passes(images, args.classes, args.passes, extra), indent=2))
+        return 0
     image_list = work / "images.txt"
     image_list.write_text("".join(f"{p}\n" for p in images))
     command = [sys.executable, "-m", "zsplg.cli", "label", "--list", str(image_list),
@@ -90,9 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         if first is not None:
             at[str(n)] = {"rss_mib": round(first[1] / 1024), "peak_mib": round(first[2] / 1024)}
     warm = [s[1] for s in samples if s[0] >= min(50, total)]
+    # mean RSS over each tenth of the images: single samples swing with image size
+    tenths = {}
+    for k in range(10):
+        low, high = total * k // 10, total * (k + 1) // 10
+        window = [s[1] for s in samples if low < s[0] <= high]
+        if window:
+            tenths[f"{low + 1}-{high}"] = round(sum(window) / len(window) / 1024)
     print(json.dumps({
         "command": command[2:], "images": total, "seconds": round(time.perf_counter() - started),
-        "samples": len(samples), "at_images": at,
+        "samples": len(samples), "at_images": at, "mean_rss_mib_by_tenth": tenths,
         "rss_mib_after_50": {"min": round(min(warm) / 1024), "max": round(max(warm) / 1024)}
         if warm else None,
         "peak_mib": round(max(s[2] for s in samples) / 1024) if samples else None,

@@ -113,6 +113,8 @@ def main() -> None:
                         help="comma list of supervised, unimatch, enhanced, full")
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--pseudo-labels", type=Path, default=None)
+    parser.add_argument("--pseudo-min-confidence", type=float, default=0.0,
+                        help="enhanced rows: pseudo-label pixels below it go to the teacher")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=256)
@@ -143,12 +145,15 @@ def main() -> None:
                                 labelled=str(files["labelled"]),
                                 unlabelled=str(files["unlabelled"])))
         elif row == "enhanced":
+            floor = args.pseudo_min_confidence
             for policy in args.policies.split(","):
-                rows.append(run_row(f"enhanced-{policy}", files, args.out, args,
+                name = f"enhanced-{policy}" + (f"-min-confidence-{floor:g}" if floor else "")
+                rows.append(run_row(name, files, args.out, args,
                                     method="enhanced", policy=policy,
                                     labelled=str(files["labelled"]),
                                     unlabelled=str(files["unlabelled"]),
-                                    pseudo_labels=str(args.pseudo_labels)))
+                                    pseudo_labels=str(args.pseudo_labels),
+                                    pseudo_min_confidence=floor))
         else:
             parser.error(f"unknown row {row!r}")
     by_name = {r["row"]: r["miou"] for r in rows}
