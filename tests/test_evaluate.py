@@ -151,3 +151,30 @@ def test_write_eval_outputs(dataset, tmp_path):
     assert rows[0] == ["gt\\pred", "bg", "cat", "dog", "unlabelled"]
     assert rows[1] == ["bg", "2", "1", "1", "0"]
     assert rows[3] == ["dog", "0", "0", "2", "1"]
+
+
+def test_confidence_floors_score_only_the_sure_pixels(tmp_path):
+    """A label run folder: labels/ and confidence/; floors keep pixels at least that sure."""
+    run = tmp_path / "run"
+    gt = np.array([[0, 0, 1, 1], [2, 2, 1, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [2, 0, 1, 2]], np.uint8)  # wrong at (0,1) and (1,1)
+    sure = np.array([[0.9, 0.2, 0.8, 0.9], [0.9, 0.4, 0.6, 0.9]])
+    _palette_png(run / "labels" / "a.png", pred)
+    from zsplg.data.labels import write_confidence_png
+
+    write_confidence_png(run / "confidence" / "a.png", sure.astype(np.float32))
+    samples = [_sample(tmp_path, "a", gt)]
+    metrics, _, errors = evaluate_folder(run / "labels", samples, ["c0", "c1", "c2"],
+                                         confidence_floors=(0.5, 0.7, 0.0))
+    assert not errors
+    floors = {row["floor"]: row for row in metrics["confidence_floors"]}
+    assert list(floors) == [0.0, 0.5, 0.7]  # sorted
+    assert floors[0.0]["kept"] == pytest.approx(100.0)
+    assert floors[0.0]["miou"] == pytest.approx(metrics["miou"])
+    # >= 0.5 drops exactly the two wrong pixels: 5 of 7 valid pixels, all right
+    assert floors[0.5]["kept"] == pytest.approx(100 * 5 / 7)
+    assert floors[0.5]["pixel_accuracy"] == pytest.approx(100.0)
+    assert floors[0.7]["kept"] == pytest.approx(100 * 4 / 7)  # (1,2) at 0.6 goes too
+    with pytest.raises(Exception, match="confidence maps not found"):
+        evaluate_folder(tmp_path / "labels", samples, ["c0", "c1", "c2"],
+                        confidence_floors=(0.5,))

@@ -162,12 +162,18 @@ def evaluate(
     pair_list: Annotated[Path, typer.Option("--list", help="Pair-list with ground-truth labels.")],
     classes: Annotated[Path, typer.Option(help="classes.txt or a YAML class spec.")],
     json_path: Annotated[Path | None, typer.Option("--json", help="Metrics JSON (default: next to PRED).")] = None,
+    confidence_floors: Annotated[str | None, typer.Option(help="For a `zsplg label` folder: also score only pixels at least this confident, e.g. 0.5,0.7,0.9 (with the share kept), to choose --min-confidence.")] = None,
 ) -> None:
     """mIoU, per-class IoU, pixel accuracy and coverage; JSON plus a confusion CSV."""
     from zsplg.evaluate import evaluate_with_progress
 
     try:
-        metrics, written = evaluate_with_progress(pred, pair_list, classes, json_path, console)
+        floors = [float(v) for v in confidence_floors.split(",")] if confidence_floors else []
+    except ValueError:
+        _fail(f"--confidence-floors: expected numbers like 0.5,0.7,0.9, got {confidence_floors!r}")
+    try:
+        metrics, written = evaluate_with_progress(pred, pair_list, classes, json_path, console,
+                                                  floors)
     except (InputError, ValueError) as exc:
         _fail(str(exc))
     console.print(f"mIoU {metrics['miou']:.2f}  ->  {written}" if metrics["miou"] is not None

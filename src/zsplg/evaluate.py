@@ -98,16 +98,32 @@ def evaluate_folder(
     class_names: list[str],
     ignore_index: int = IGNORE_INDEX,
     progress: Callable[[int, int], None] | None = None,
+    confidence_floors: Sequence[float] = (),
 ) -> tuple[dict[str, Any], ConfusionMatrix, list[dict[str, str]]]:
     """Score ``pred_dir/<key>.png`` against each labelled sample's gt.
 
     Samples without a label are skipped silently. ``progress(done, total)`` is
     called after every sample if given. Returns (metrics, matrix, errors); the
     metrics gain "images_evaluated", "images_failed" and "top_confusions".
+
+    confidence_floors: for a `zsplg label` folder (PRED = OUT/labels), also
+    score only the pixels whose confidence (OUT/confidence) reaches each floor,
+    with the share of ground-truth pixels kept ("confidence_floors" in the
+    metrics). That is how sure labels are told apart from unsure ones before
+    choosing `--min-confidence` or `--pseudo-min-confidence`.
     """
     pred_dir = Path(pred_dir)
     num_classes = len(class_names)
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index)
+    floors = sorted({float(f) for f in confidence_floors})
+    if any(not 0.0 <= f <= 1.0 for f in floors):
+        raise ValueError(f"confidence floors must be in [0, 1], got {floors}")
+    confidence_dir = pred_dir.parent / "confidence"
+    if floors and not confidence_dir.is_dir():
+        raise InputError(confidence_dir, "confidence maps not found: confidence floors need "
+                                         "the confidence/ folder `zsplg label` writes beside "
+                                         "labels/ (pass OUT/labels as --pred)")
+    floor_cms = [ConfusionMatrix(num_classes, ignore_index=ignore_index) for _ in floors]
     errors: list[dict[str, str]] = []
     evaluated = 0
     total = len(samples)
@@ -159,6 +175,20 @@ def evaluate_folder(
                 fail(sample.key, pred_path, _ids_message("prediction", bad, num_classes,
                                                          pred_allowed))
                 continue
+            if floors:
+                confidence_path = confidence_dir / f"{sample.key}.png"
+                try:
+                    confidence = read_index_map(confidence_path, "confidence map") / 255.0
+                except OSError as e:
+                    fail(sample.key, confidence_path, f"cannot read confidence map: {e}")
+                    continue
+                if confidence.shape != gt.shape:
+                    fail(sample.key, confidence_path, f"size mismatch: confidence map "
+                                                      f"{confidence.shape} vs ground truth "
+                                                      f"{gt.shape}")
+                    continue
+                for floor, floor_cm in zip(floors, floor_cms, strict=True):
+                    floor_cm.update(pred, np.where(confidence >= floor, gt, ignore_index))
             cm.update(pred, gt)
             evaluated += 1
         finally:
@@ -169,7 +199,21 @@ def evaluate_folder(
     metrics["images_evaluated"] = evaluated
     metrics["images_failed"] = len(errors)
     metrics["top_confusions"] = top_confusions(cm, class_names)
+    if floors:
+        metrics["confidence_floors"] = [_floor_metrics(floor, floor_cm, cm, class_names)
+                                        for floor, floor_cm in zip(floors, floor_cms,
+                                                                   strict=True)]
     return metrics, cm, errors
+
+
+def _floor_metrics(floor: float, kept: ConfusionMatrix, everything: ConfusionMatrix,
+                   class_names: list[str]) -> dict[str, Any]:
+    metrics = compute_metrics(kept, class_names)
+    valid = max(int(everything.matrix.sum()), 1)
+    return {"floor": floor, "kept": 100.0 * float(kept.matrix.sum()) / valid,
+            "miou": metrics["miou"], "pixel_accuracy": metrics["pixel_accuracy"],
+            "per_class": [{"name": c["name"], "iou": c["iou"], "precision": c["precision"],
+                           "recall": c["recall"]} for c in metrics["per_class"]]}
 
 
 def write_eval_outputs(
@@ -211,7 +255,8 @@ def default_json_path(pred_dir: Path) -> Path:
 
 
 def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
-                           json_path: Path | None = None, console=None) -> tuple[dict, Path]:
+                           json_path: Path | None = None, console=None,
+                           confidence_floors: Sequence[float] = ()) -> tuple[dict, Path]:
     """The `zsplg eval` command: evaluate, print the table, write JSON + CSV."""
     from rich.console import Console
     from rich.markup import escape
@@ -222,6 +267,7 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     from zsplg.metrics import (
         CONFUSION_ADVICE,
         format_confusions,
+        format_floors,
         format_table,
         unnamed_advice,
         unnamed_classes,
@@ -239,7 +285,8 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
         task = progress.add_task("eval", total=len(samples))
         metrics, cm, errors = evaluate_folder(
             Path(pred_dir), samples, spec.names, spec.ignore_index,
-            progress=lambda done, total: progress.update(task, completed=done))
+            progress=lambda done, total: progress.update(task, completed=done),
+            confidence_floors=confidence_floors)
     for error in errors[:10]:
         console.print(f"[yellow]skipped[/] {error['path']}: {error['error']}")
     if len(errors) > 10:
@@ -253,6 +300,8 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
         console.print(CONFUSION_ADVICE)
     if unnamed := unnamed_classes(metrics):
         console.print(escape(unnamed_advice(unnamed)))
+    if metrics.get("confidence_floors"):
+        console.print(format_floors(metrics["confidence_floors"]))
     json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
     write_eval_outputs(json_path, metrics, cm, spec.names, errors)
     return metrics, json_path

@@ -241,6 +241,18 @@ def unnamed_advice(names: list[str]) -> str:
             "(`zsplg calibrate --mode auto` on labelled images).")
 
 
+def format_floors(floors: list[dict[str, Any]]) -> Table:
+    """Scores of the pixels labelled at least this sure, and how many those are."""
+    table = Table(title="only pixels at least this confident")
+    for column in ("confidence >=", "kept % of gt", "mIoU", "pixel acc", "lowest precision"):
+        table.add_column(column, justify="right")
+    for row in floors:
+        precisions = [c["precision"] for c in row["per_class"] if c["precision"] is not None]
+        table.add_row(f"{row['floor']:g}", _fmt(row["kept"]), _fmt(row["miou"]),
+                      _fmt(row["pixel_accuracy"]), _fmt(min(precisions) if precisions else None))
+    return table
+
+
 def format_confusions(confusions: list[dict[str, Any]], title: str) -> Table:
     """The audit: which ground-truth class is labelled as which, most often."""
     table = Table(title=title)
