@@ -401,6 +401,21 @@ def test_label_and_eval_in_one_folder_shows_the_eval_file(runs, tmp_path):
     assert "Evaluation: eval.json" in html and "label, eval run" in html
 
 
+def test_eval_report_shows_confidence_floors(runs, tmp_path):
+    from zsplg.data.sources import read_pair_list
+    from zsplg.evaluate import evaluate_folder, write_eval_outputs
+
+    samples = read_pair_list(runs["root"] / "pairs.txt")
+    metrics, cm, _ = evaluate_folder(runs["label"] / "labels", samples, CLASSES,
+                                     confidence_floors=(0.3, 0.6))
+    folder = tmp_path / "floors"
+    write_eval_outputs(folder / "eval.json", metrics, cm, CLASSES)
+    html = render_report(folder)
+    assert "Only pixels at least this confident" in html
+    kept = metrics["confidence_floors"][1]["kept"]
+    assert f"<td>{kept:.2f}</td>" in html
+
+
 def test_report_tolerates_missing_files(runs, tmp_path):
     only_history = tmp_path / "train"
     only_history.mkdir()

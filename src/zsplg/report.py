@@ -9,7 +9,8 @@ instead of failing:
   overlays, worst first by per-image mIoU where ground truth exists (else least
   confident first), and a computed evaluation when no eval JSON is there;
 * eval run (``eval.json`` + ``eval_confusion.csv`` from `zsplg eval`): metrics
-  table, per-class IoU bars, confusion-matrix heat map, top confusions;
+  table, per-class IoU bars, confusion-matrix heat map, top confusions, and
+  the confidence floors when eval computed them;
 * train run (``config.yaml``, ``history.jsonl``, ``metrics.json``): loss, LR and
   validation-mIoU curves plus the final metrics.
 
@@ -193,6 +194,15 @@ def metrics_block(metrics: Mapping[str, Any],
             ["ground truth", "predicted as", "pixels", "% of that class"],
             [[str(c.get("gt")), str(c.get("pred")), _fmt(c.get("pixels")),
               _fmt(c.get("share_of_gt"))] for c in confusions]))
+    floors = [f for f in metrics.get("confidence_floors") or [] if isinstance(f, Mapping)]
+    if floors:
+        parts.append("<h4>Only pixels at least this confident</h4>" + _table(
+            ["confidence >=", "kept % of gt", "mIoU", "pixel acc", "lowest class precision"],
+            [[_fmt(f.get("floor")), _fmt(f.get("kept")), _fmt(f.get("miou")),
+              _fmt(f.get("pixel_accuracy")),
+              _fmt(min((c["precision"] for c in f.get("per_class") or []
+                        if c.get("precision") is not None), default=None))]
+             for f in floors]))
     errors = metrics.get("errors") or []
     if errors:
         parts.append(f"<h4>Skipped images ({len(errors)})</h4>" + _table(
