@@ -474,20 +474,25 @@ class SamMaskGenerator:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
     def config(self) -> dict:
-        encoder = self.model.image_encoder
+        return self._settings({"encoder_img_size": int(self.model.image_encoder.img_size)},
+                              {"long_side": self.long_side,
+                               "min_mask_region_area": self.min_mask_region_area})
+
+    def _settings(self, input_size: dict[str, int], extra: dict[str, Any]) -> dict:
+        """What decides the masks, for caches and run.json; SAM 2.1 shares all but the
+        input size and SAM's long side and small-region removal."""
         settings: dict[str, Any] = {
             "name": self.name,
             "variant": self.variant,
             "checkpoint": self.checkpoint.name if self.checkpoint is not None else None,
             "checkpoint_bytes": self._checkpoint_bytes,
-            "encoder_img_size": int(encoder.img_size),
+            **input_size,
             "points_per_side": self.points_per_side,
             "pred_iou_thresh": self.pred_iou_thresh,
             "stability_score_thresh": self.stability_score_thresh,
             "stability_score_offset": self.stability_score_offset,
             "box_nms_thresh": self.box_nms_thresh,
-            "long_side": self.long_side,
-            "min_mask_region_area": self.min_mask_region_area,
+            **extra,
             "precision": self.precision,
         }
         if self.checkpoint is None:  # an in-memory model: identify it by its weights

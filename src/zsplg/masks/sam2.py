@@ -197,26 +197,7 @@ class Sam2MaskGenerator(SamMaskGenerator):
                                          (side, side)]
 
     def config(self) -> dict:
-        settings: dict[str, Any] = {
-            "name": self.name,
-            "variant": self.variant,
-            "checkpoint": self.checkpoint.name if self.checkpoint is not None else None,
-            "checkpoint_bytes": self._checkpoint_bytes,
-            "image_size": self.image_size,
-            "points_per_side": self.points_per_side,
-            "pred_iou_thresh": self.pred_iou_thresh,
-            "stability_score_thresh": self.stability_score_thresh,
-            "stability_score_offset": self.stability_score_offset,
-            "box_nms_thresh": self.box_nms_thresh,
-            "precision": self.precision,
-        }
-        if self.checkpoint is None:  # an in-memory model: identify it by its weights
-            if self._fingerprint is None:
-                from zsplg.masks.sam import model_fingerprint
-
-                self._fingerprint = model_fingerprint(self.model)
-            settings["model_sha256"] = self._fingerprint
-        return settings
+        return self._settings({"image_size": self.image_size}, {})
 
     # ----------------------------------------------------------------- model calls
 
