@@ -55,7 +55,7 @@ def repeated_passes(images: list[Path], classes: Path, passes: int, extra: list[
 
     from zsplg.data.classes import load_class_spec
     from zsplg.data.images import read_image
-    from zsplg.labeling import Labeller
+    from zsplg.labeling.run import Labeller
 
     options = dict(zip(extra[::2], extra[1::2], strict=False))
     torch.set_num_threads(2)

@@ -13,7 +13,7 @@ Zero-shot: no label from the list is used except for scoring.
 With labelled images (`--labelled LIST`, or `--camvid-labelled` for the fixed
 46-image CamVid subset of benchmarks/splits.py) it adds the calibration rows:
 zero-shot (uncalibrated), calibrated zero-shot, few-shot and few-shot +
-zero-shot, each fitted on the labelled images only (`zsplg.calibrate`) and
+zero-shot, each fitted on the labelled images only (`zsplg.calibration.search`) and
 scored on --list, plus the cross-validated figures on the labelled images.
 `--ceiling` adds calibrated zero-shot fitted on the evaluated images
 themselves: the most the zero-shot knobs can give there, not an honest figure.
@@ -23,7 +23,7 @@ themselves: the most the zero-shot knobs can give there, not an honest figure.
     python benchmarks/label_quality.py --list ../shared/data/camvid/val.txt \
         --camvid-labelled --calibration-only
 
-The rows score the evaluated images through zsplg.labelled_set (masks and
+The rows score the evaluated images through zsplg.calibration.labelled_set (masks and
 features computed once per image, labels derived per atom); tests check that
 this equals painting the labels with `zsplg label`.
 """
@@ -41,13 +41,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zsplg.annotate import Annotator, AnnotatorConfig
 from zsplg.data.classes import load_class_spec
 from zsplg.data.images import read_image
 from zsplg.data.labels import read_label
 from zsplg.data.sources import read_pair_list
 from zsplg.evaluate import evaluate_folder
-from zsplg.labeling import LabelConfig, run_label, text_prompts
+from zsplg.labeling.annotate import Annotator, AnnotatorConfig
+from zsplg.labeling.run import LabelConfig, run_label, text_prompts
 from zsplg.masks.base import MaskProposals
 from zsplg.metrics import ConfusionMatrix, compute_metrics
 from zsplg.vl.conse import ConSEBackend
@@ -81,8 +81,8 @@ def naive_dense_conse(samples, spec, threshold: float) -> tuple[dict, float]:
 
 def calibration_rows(args, spec, samples) -> dict:
     """Fit each mode on the labelled images, score it on the evaluated ones."""
-    from zsplg.calibrate import calibrate_modes, score_calibration, uncalibrated
-    from zsplg.labelled_set import LabelledSet, reduce_sample
+    from zsplg.calibration.labelled_set import LabelledSet, reduce_sample
+    from zsplg.calibration.search import calibrate_modes, score_calibration, uncalibrated
     from zsplg.masks import build_mask_generator
     from zsplg.vl import build_vl_model
 

@@ -42,9 +42,9 @@ import open_clip
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from zsplg.annotate import pool_masks
 from zsplg.data.images import read_image
 from zsplg.data.sources import read_pair_list
+from zsplg.labeling.annotate import pool_masks
 from zsplg.masks.base import MaskProposals
 from zsplg.masks.sam import build_sam_generator
 from zsplg.masks.superpixel import SuperpixelGenerator

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zsplg import IGNORE_INDEX
-from zsplg.annotate import (
+from zsplg.labeling.annotate import (
     _MASK_CHUNK,
     OVERLAP_POLICIES,
     UNCOVERED_POLICIES,

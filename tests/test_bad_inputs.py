@@ -26,11 +26,11 @@ import pytest
 from cli_helpers import invoke, squash
 from PIL import Image
 
-import zsplg.labeling as labeling
-from zsplg.config import apply_config, load_config, merge_settings, validate_config
+import zsplg.labeling.run as labeling
+from zsplg.cli.settings import apply_config, load_config, merge_settings, validate_config
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
-from zsplg.labeling import LabelConfig
+from zsplg.labeling.run import LabelConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_vl_backend")]
 
@@ -368,7 +368,7 @@ class Optim:
 
 @dataclass
 class TrainLike:
-    """A stand-in for a trainer's config: what zsplg.config must handle besides labelling."""
+    """A stand-in for a trainer's config: what zsplg.cli.settings must handle besides labelling."""
 
     data: Path
     epochs: int = 10

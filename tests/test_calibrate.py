@@ -16,9 +16,10 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from typer.testing import CliRunner
 
-import zsplg.labeling as labeling
-from zsplg.annotate import Annotator, AnnotatorConfig
-from zsplg.calibrate import (
+import zsplg.labeling.run as labeling
+from zsplg.calibration.labelled_set import LabelledSet, atoms_of, reduce_image, reduce_sample
+from zsplg.calibration.run import CalibrateConfig, run_calibrate
+from zsplg.calibration.search import (
     Calibration,
     CalibrationError,
     calibrate,
@@ -27,12 +28,11 @@ from zsplg.calibrate import (
     score_calibration,
     zero_shot_scorer,
 )
-from zsplg.calibration_run import CalibrateConfig, run_calibrate
 from zsplg.cli import app
 from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.sources import read_pair_list
-from zsplg.labelled_set import LabelledSet, atoms_of, reduce_image, reduce_sample
+from zsplg.labeling.annotate import Annotator, AnnotatorConfig
 from zsplg.masks.base import MaskProposals
 from zsplg.metrics import ConfusionMatrix
 from zsplg.vl.base import thresholded_softmax
@@ -123,7 +123,7 @@ def make_dataset(root: Path, count: int, seed: int = 0) -> Path:
 @pytest.fixture(autouse=True)
 def small_search(monkeypatch):
     """A coarser search grid: the same code paths, a fraction of the trials."""
-    import zsplg.calibrate as calibrate_module
+    import zsplg.calibration.search as calibrate_module
 
     monkeypatch.setattr(calibrate_module, "TEMPLATE_SETS",
                         {k: calibrate_module.TEMPLATE_SETS[k] for k in ("default", "plain")})

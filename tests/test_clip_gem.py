@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: N812
 from open_clip.model import CLIP
 from torch import nn
 
-from zsplg.annotate import Annotator, pool_masks
+from zsplg.labeling.annotate import Annotator, pool_masks
 from zsplg.masks.base import MaskProposals
 from zsplg.vl.clip_gem import (
     ClipGemBackend,
@@ -366,7 +366,7 @@ def test_incomplete_checkpoint_is_refused(tmp_path, tiny_config_name):
 
 
 def test_missing_checkpoint_names_the_fetch_command(tmp_path, monkeypatch):
-    weights = pytest.importorskip("zsplg.weights")
+    weights = pytest.importorskip("zsplg.runtime.weights")
     monkeypatch.setenv("ZSPLG_WEIGHTS_DIR", str(tmp_path / "empty"))
     with pytest.raises(weights.WeightsMissingError,
                        match="zsplg weights fetch clip-vit-b-16-openai") as info:

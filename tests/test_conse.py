@@ -15,7 +15,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from zsplg.annotate import pool_masks
+from zsplg.labeling.annotate import pool_masks
 from zsplg.vl import VL_MODELS, build_vl_model, resolve_vl_name
 from zsplg.vl.conse import ConSEBackend, imagenet_label_sentences
 from zsplg.vl.efficientnet_lite import (

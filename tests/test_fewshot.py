@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zsplg.vl.base import thresholded_softmax
-from zsplg.vl.fewshot import (
+from zsplg.calibration.fewshot import (
     LOG_FLOOR,
     CalibratedModel,
     FewShotHead,
@@ -15,6 +14,7 @@ from zsplg.vl.fewshot import (
     head_columns,
     softmax_rows,
 )
+from zsplg.vl.base import thresholded_softmax
 
 
 def blobs(rng: np.random.Generator, per_class: int, centres: np.ndarray):

@@ -13,12 +13,12 @@ from test_clip_gem import tiny_clip
 from test_sam_generator import photo, tiny_sam
 
 from zsplg.data.classes import load_class_spec
-from zsplg.labeling import LabelConfig, Labeller, run_label
+from zsplg.labeling.run import LabelConfig, Labeller, run_label
 from zsplg.masks import build_mask_generator, resolve_mask_generator_name
 from zsplg.masks.sam import build_sam_generator
+from zsplg.runtime.weights import WeightsMissingError
 from zsplg.vl import build_vl_model, resolve_vl_name
 from zsplg.vl.clip_gem import build_clip_backend
-from zsplg.weights import WeightsMissingError
 
 
 @pytest.fixture()

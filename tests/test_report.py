@@ -34,9 +34,9 @@ from zsplg.data.errors import InputError
 from zsplg.data.labels import write_label_png
 from zsplg.data.sources import read_pair_list
 from zsplg.evaluate import evaluate_folder, write_eval_outputs
-from zsplg.labeling import LabelConfig, Labeller, run_label
+from zsplg.labeling.run import LabelConfig, Labeller, run_label
 from zsplg.metrics import ConfusionMatrix, compute_metrics
-from zsplg.report import ReportOptions, render_report, write_report
+from zsplg.report.page import ReportOptions, render_report, write_report
 
 CLASSES = ["background", "cat", "dog"]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

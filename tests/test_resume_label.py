@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from zsplg.cli import app
 from zsplg.data.images import image_size
 from zsplg.data.labels import remove_stale_temp_files
-from zsplg.labeling import ConfigMismatchError, LabelConfig, run_label
+from zsplg.labeling.run import ConfigMismatchError, LabelConfig, run_label
 
 SEED = 20251125
 N_IMAGES = 7

@@ -263,7 +263,7 @@ def test_names_and_auto_order(tmp_path, monkeypatch):
 
 
 def test_missing_weights_name_the_fetch_command(tmp_path, monkeypatch):
-    from zsplg.weights import WeightsMissingError
+    from zsplg.runtime.weights import WeightsMissingError
 
     monkeypatch.setenv("ZSPLG_WEIGHTS_DIR", str(tmp_path / "weights"))
     with pytest.raises(WeightsMissingError, match="zsplg weights fetch sam2.1-hiera-tiny"):
@@ -299,7 +299,7 @@ def test_label_cli_runs_end_to_end_on_tiny_sam2(tmp_path, monkeypatch, model):
     """`zsplg label --masks sam2 --sam-checkpoint FILE`: the name, the checkpoint and the
     CLI's settings reach the SAM 2.1 generator. No real weights exist, so loading the file
     returns the tiny model, and the CLIP backend is a tiny random one."""
-    import zsplg.labeling as labeling
+    import zsplg.labeling.run as labeling
     import zsplg.masks.sam2 as sam2_module
     from zsplg.cli import app
     from zsplg.vl.clip_gem import build_clip_backend

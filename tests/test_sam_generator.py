@@ -304,7 +304,7 @@ def test_validation(model):
 
 
 def test_missing_checkpoint_raises_weights_missing(tmp_path, monkeypatch):
-    from zsplg.weights import WeightsMissingError
+    from zsplg.runtime.weights import WeightsMissingError
 
     monkeypatch.setenv("ZSPLG_WEIGHTS_DIR", str(tmp_path / "weights"))
     with pytest.raises(WeightsMissingError, match="--sam-checkpoint"):

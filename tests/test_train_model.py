@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from zsplg.data.errors import InputError
+from zsplg.runtime.weights import WeightsMissingError
 from zsplg.train.backbones import build_backbone
 from zsplg.train.model import DeepLabV3Plus, build_model
 from zsplg.vl.efficientnet_lite import build_efficientnet_lite
-from zsplg.weights import WeightsMissingError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from zsplg import weights
 from zsplg.cli import app
-from zsplg.weights import (
+from zsplg.runtime import weights
+from zsplg.runtime.weights import (
     REGISTRY,
     ChecksumMismatchError,
     DownloadError,

@@ -167,7 +167,7 @@ def run_demo(out: Path, console: Console | None = None) -> dict:
     Returns the evaluation metrics (as written to OUT/eval.json).
     """
     from zsplg.evaluate import evaluate_with_progress
-    from zsplg.labeling import LabelConfig, run_label
+    from zsplg.labeling.run import LabelConfig, run_label
 
     console = console or Console(stderr=True)
     out = Path(out)

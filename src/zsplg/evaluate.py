@@ -261,6 +261,7 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
     from rich.console import Console
     from rich.markup import escape
 
+    from zsplg.cli.console import make_progress
     from zsplg.data.classes import load_class_spec
     from zsplg.data.errors import InputError
     from zsplg.data.sources import read_pair_list
@@ -272,7 +273,6 @@ def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
         unnamed_advice,
         unnamed_classes,
     )
-    from zsplg.progress import make_progress
 
     console = console or Console(stderr=True)
     spec = load_class_spec(classes)

@@ -35,13 +35,12 @@ from rich.markup import escape
 from skimage.measure import label as connected_components
 
 from zsplg import __version__
+from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import atomic_write_text, read_label, voc_colormap, write_label_png
-from zsplg.data.sources import Sample
-from zsplg.progress import make_progress
-from zsplg.run_folder import (
+from zsplg.data.run_folder import (
     labels_dir,
     list_label_keys,
     match_samples,
@@ -51,6 +50,7 @@ from zsplg.run_folder import (
     run_root,
     source_samples,
 )
+from zsplg.data.sources import Sample
 
 EXPORT_FORMATS = ("coco", "overlay", "index")
 OVERLAY_FORMATS = ("jpg", "png")

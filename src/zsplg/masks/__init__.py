@@ -34,7 +34,7 @@ def resolve_mask_generator_name(name: str, sam_checkpoint: str | Path | None = N
             return sam2_name
         return "sam2" if name == "sam2" else _variant_from_filename(filename)
     if name == "auto":
-        from zsplg.weights import is_present
+        from zsplg.runtime.weights import is_present
 
         for candidate in _AUTO_ORDER:
             if is_present(_WEIGHTS_OF[candidate]):

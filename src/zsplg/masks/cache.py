@@ -39,7 +39,7 @@ def config_key(config: dict) -> str:
 
 
 def default_mask_cache_dir() -> Path:
-    from zsplg.cache import cache_dir
+    from zsplg.runtime.cache import cache_dir
 
     return cache_dir() / "masks"
 

@@ -873,7 +873,7 @@ def build_sam_generator(variant: str = "vit_b", checkpoint: str | Path | None = 
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {', '.join(SAM_VARIANTS)}")
     checkpoint_path = Path(checkpoint).expanduser() if checkpoint is not None else None
     if model is None:
-        from zsplg.weights import resolve_weights
+        from zsplg.runtime.weights import resolve_weights
 
         checkpoint_path = resolve_weights(f"sam-{variant.replace('_', '-')}", checkpoint,
                                           option_hint="--sam-checkpoint PATH")

@@ -60,7 +60,7 @@ __all__ = ["SAM2_VARIANTS", "Sam2CheckpointError", "Sam2MaskGenerator", "build_s
 @dataclass(frozen=True)
 class Sam2Variant:
     """A SAM 2.1 model size: its hydra config in the sam2 package and its weights entry
-    in zsplg.weights."""
+    in zsplg.runtime.weights."""
 
     config: str
     weights: str
@@ -297,7 +297,7 @@ def build_sam2_generator(variant: str = "tiny", checkpoint: str | Path | None = 
     spec = _check_variant(variant)
     checkpoint_path = Path(checkpoint).expanduser() if checkpoint is not None else None
     if model is None:
-        from zsplg.weights import resolve_weights
+        from zsplg.runtime.weights import resolve_weights
 
         checkpoint_path = resolve_weights(spec.weights, checkpoint,
                                           option_hint="--sam-checkpoint PATH")

@@ -29,9 +29,9 @@ import torchvision
 from torch import nn
 
 from zsplg.data.errors import InputError
+from zsplg.runtime.weights import resolve_weights
 from zsplg.vl.efficientnet_lite import VARIANTS as LITE_VARIANTS
 from zsplg.vl.efficientnet_lite import build_efficientnet_lite
-from zsplg.weights import resolve_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -26,12 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from zsplg import IGNORE_INDEX
+from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
 from zsplg.data.sources import Sample, list_images, read_pair_list
 from zsplg.metrics import ConfusionMatrix, compute_metrics
-from zsplg.progress import make_progress
 from zsplg.train.checkpoint import load_checkpoint, save_checkpoint
 from zsplg.train.config import TrainConfig
 from zsplg.train.datasets import LabelledDataset, UnlabelledDataset, ValDataset

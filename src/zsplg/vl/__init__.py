@@ -25,7 +25,7 @@ def resolve_vl_name(name: str, clip_checkpoint: str | Path | None = None) -> str
     """"auto" -> CLIP + GEM when its weights are present (cache or explicit
     path), else the offline ConSE backend."""
     if name == "auto":
-        from zsplg.weights import is_present
+        from zsplg.runtime.weights import is_present
 
         return "clip-gem" if clip_checkpoint or is_present(CLIP_WEIGHTS) else "conse"
     if name not in VL_MODELS:

@@ -423,7 +423,7 @@ def build_clip_backend(checkpoint: str | Path | None = None, dense_mode: str = "
     """The CLIP ViT-B/16 backend.
 
     model: an already-built open_clip CLIP (tests pass tiny random ones); else the
-    OpenAI ViT-B/16 checkpoint is found by zsplg.weights (checkpoint overrides the
+    OpenAI ViT-B/16 checkpoint is found by zsplg.runtime.weights (checkpoint overrides the
     managed location) and loaded strictly. options: ClipGemBackend's keywords
     (gem_depth, gem_iterations, resize, amp).
     """
@@ -434,7 +434,7 @@ def build_clip_backend(checkpoint: str | Path | None = None, dense_mode: str = "
             raise ValueError("pass either a checkpoint or a built model, not both")
         return ClipGemBackend(model, dense_mode=dense_mode, device=device,
                               input_size=input_size, weights=None, **options)
-    from zsplg.weights import resolve_weights
+    from zsplg.runtime.weights import resolve_weights
 
     path = resolve_weights(WEIGHTS_NAME, checkpoint, option_hint="--clip-checkpoint PATH")
     return ClipGemBackend(load_clip_checkpoint(path), dense_mode=dense_mode, device=device,

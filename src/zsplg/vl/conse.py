@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from timm.data import ImageNetInfo
 
-from zsplg.cache import cache_dir
 from zsplg.data.labels import atomic_write_bytes
+from zsplg.runtime.cache import cache_dir
 from zsplg.vl.base import thresholded_softmax
 from zsplg.vl.efficientnet_lite import MEAN, STD, build_efficientnet_lite
 from zsplg.vl.text_encoder import MiniLMTextEncoder

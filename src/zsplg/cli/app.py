@@ -9,18 +9,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES
+from zsplg.cli.console import console
+from zsplg.cli.train import predict_command, train_command
+from zsplg.cli.weights import weights_app
 from zsplg.data.errors import InputError
-from zsplg.train_cli import predict_command, train_command
-from zsplg.weights import WeightsError
-from zsplg.weights_cli import weights_app
+from zsplg.runtime.weights import WeightsError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Zero-shot pseudo labels for semi-supervised semantic segmentation.")
-console = Console(stderr=True)
 app.add_typer(weights_app, name="weights", help="Known model weights: list and fetch.")
 app.command("train")(train_command)
 app.command("predict")(predict_command)
@@ -69,8 +68,8 @@ def label(
     calibrate_on: Annotated[Path | None, typer.Option(help="Labelled pair-list: calibrate on it first (writes OUT/calibration.json, reused on resume).")] = None,
 ) -> None:
     """Write OUT/labels/*.png (class ids, 255 = ignore), OUT/confidence/*.png and OUT/run.json."""
-    from zsplg.config import apply_config, load_config, merge_settings
-    from zsplg.labeling import (
+    from zsplg.cli.settings import apply_config, load_config, merge_settings
+    from zsplg.labeling.run import (
         CONFIG_ALIASES,
         CONFIG_PATH_KEYS,
         ConfigMismatchError,
@@ -139,7 +138,7 @@ def calibrate(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Tune threshold, class offsets, prompt templates and a few-shot head on labelled images."""
-    from zsplg.calibration_run import CalibrateConfig, CalibrationError, run_calibrate
+    from zsplg.calibration.run import CalibrateConfig, CalibrationError, run_calibrate
     from zsplg.masks.sam import SamCheckpointError
 
     try:
@@ -247,7 +246,7 @@ def report(
     thumb_size: Annotated[int, typer.Option(help="Gallery thumbnail long side, pixels.")] = 320,
 ) -> None:
     """One self-contained HTML page: settings, metrics, charts, heat map, gallery."""
-    from zsplg.report import ReportOptions, write_report
+    from zsplg.report.page import ReportOptions, write_report
 
     if images is not None and pair_list is not None:
         _fail("give either --images DIR or --list PAIRS, not both")

@@ -13,7 +13,7 @@ The head only needs features, never text, so it works with every backend's
 any ImageNet backbone's. When the backend also names masks zero-shot, the two
 are fused log-linearly (`fuse_log_scores`): a weighted sum of log-probabilities
 plus one offset per class, the weight and offsets chosen by calibration
-(`zsplg.calibrate`) on held-out labelled images.
+(`zsplg.calibration.search`) on held-out labelled images.
 
 `CalibratedModel` wraps a backend so that `zsplg label` uses head, weight and
 offsets through the unchanged annotator.

@@ -3,7 +3,7 @@ place in zsplg that downloads anything.
 
 Every checkpoint a backend can use has an entry in REGISTRY with its official
 URL, sha256, exact size and licence. Downloaded files live in `weights_dir()`
-($ZSPLG_WEIGHTS_DIR, else `zsplg.cache.cache_dir() / "weights"`). Backends call
+($ZSPLG_WEIGHTS_DIR, else `zsplg.runtime.cache.cache_dir() / "weights"`). Backends call
 `resolve_weights(name, path, option_hint)`: an explicit path wins, else the
 cached file; nothing here downloads unless `fetch` is called (the
 `zsplg weights fetch NAME` command), and a missing file is one
@@ -46,7 +46,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from zsplg.cache import cache_dir
+from zsplg.runtime.cache import cache_dir
 
 KINDS = ("sam", "sam2", "clip", "backbone", "packaged")
 CHUNK = 1 << 20

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from zsplg import IGNORE_INDEX, __version__
-from zsplg.annotate import Annotator, AnnotatorConfig
+from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size, read_image
@@ -38,8 +38,8 @@ from zsplg.data.labels import (
     write_label_png,
 )
 from zsplg.data.sources import Sample, missing_files, resolve_sources
+from zsplg.labeling.annotate import Annotator, AnnotatorConfig
 from zsplg.masks import MaskGenerator, build_mask_generator, resolve_mask_generator_name
-from zsplg.progress import make_progress
 from zsplg.vl import DenseVisionLanguageModel, build_vl_model, resolve_vl_name
 from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
 
@@ -107,7 +107,7 @@ class LabelConfig(BackendConfig):
     min_confidence: float = 0.0
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     overwrite: bool = False
-    # zsplg.calibration_run: a calibration file to apply, or a labelled list to fit one on
+    # zsplg.calibration.run: a calibration file to apply, or a labelled list to fit one on
     calibration: str | None = None
     calibrate_on: str | None = None
 
@@ -246,7 +246,7 @@ def _output_settings(config: LabelConfig) -> dict:
     if not config.min_confidence:  # as runs made before the setting existed record it
         settings.pop("min_confidence")
     if config.calibration:  # its content decides the outputs, not its path
-        from zsplg.calibration_run import calibration_summary
+        from zsplg.calibration.run import calibration_summary
 
         settings["calibration"] = calibration_summary(config.calibration)
     return settings
@@ -331,7 +331,7 @@ def run_label(config: LabelConfig, console: Console | None = None,
     samples = resolve_sources(config.images_dir, config.pair_list)
     ranks = LabelRanks.from_env()
     if config.calibration or config.calibrate_on:
-        from zsplg.calibration_run import use_calibration
+        from zsplg.calibration.run import use_calibration
 
         labeller = labeller or Labeller.from_config(config, spec)
         # rank 0 calibrates and writes the file; the others then reuse it

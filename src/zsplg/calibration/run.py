@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from zsplg.annotate import Annotator, AnnotatorConfig
-from zsplg.calibrate import (
+from zsplg.calibration.fewshot import CalibratedModel
+from zsplg.calibration.labelled_set import LabelledSet, reduce_sample
+from zsplg.calibration.search import (
     MODES,
     Calibration,
     CalibrationError,
@@ -25,14 +26,13 @@ from zsplg.calibrate import (
     check_compatible,
     fitted_for,
 )
+from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.sources import read_pair_list
-from zsplg.labeling import BackendConfig
-from zsplg.labelled_set import LabelledSet, reduce_sample
+from zsplg.labeling.annotate import Annotator, AnnotatorConfig
+from zsplg.labeling.run import BackendConfig
 from zsplg.metrics import CONFUSION_ADVICE, format_confusions
-from zsplg.progress import make_progress
-from zsplg.vl.fewshot import CalibratedModel
 
 __all__ = ["CALIBRATION_FILE", "CalibrateConfig", "CalibrationError", "apply_calibration",
            "calibration_summary", "expected_fit", "list_digest", "print_report",
@@ -80,7 +80,7 @@ def apply_calibration(labeller, calibration: Calibration, spec: ClassSpec,
 
     annotator: the run's painting rules; threshold and temperature are replaced.
     """
-    from zsplg.labeling import text_prompts
+    from zsplg.labeling.run import text_prompts
 
     base = getattr(labeller.vl_model, "base", labeller.vl_model)
     model = CalibratedModel(base, calibration.column_ids, calibration.offsets,
@@ -169,7 +169,7 @@ def _reduce_all(config: CalibrateConfig, spec: ClassSpec, labeller, console: Con
 def run_calibrate(config: CalibrateConfig, console: Console | None = None,
                   labeller=None) -> Calibration:
     """Reduce the labelled images, calibrate, write the file, print the report."""
-    from zsplg.labeling import Labeller
+    from zsplg.labeling.run import Labeller
 
     console = console or Console(stderr=True)
     spec = load_class_spec(config.classes)

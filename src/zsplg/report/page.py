@@ -39,16 +39,12 @@ from PIL import Image
 from rich.console import Console
 
 from zsplg import __version__
+from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size, read_image
 from zsplg.data.labels import atomic_write_text, read_label, voc_colormap
-from zsplg.data.sources import Sample, read_pair_list
-from zsplg.export import overlay
-from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions
-from zsplg.progress import make_progress
-from zsplg.report_charts import bar_chart, heatmap, line_chart
-from zsplg.run_folder import (
+from zsplg.data.run_folder import (
     CONFIDENCE,
     LABELS,
     RUN_FILE,
@@ -58,6 +54,10 @@ from zsplg.run_folder import (
     resolve_spec,
     source_samples,
 )
+from zsplg.data.sources import Sample, read_pair_list
+from zsplg.export import overlay
+from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions
+from zsplg.report.charts import bar_chart, heatmap, line_chart
 
 TRAIN_FILES = ("config.yaml", "history.jsonl", "metrics.json")
 REPORT_FILE = "report.html"

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from zsplg.cli.console import console
 from zsplg.data.errors import InputError
 from zsplg.train.config import TrainConfig
-
-console = Console(stderr=True)
 
 HELP = {
     "labelled": "Pair-list of labelled images: 'image label' a line.",
@@ -85,7 +83,7 @@ def _signature() -> inspect.Signature:
 
 def resolve_train_config(config_file: Path | None, flags: dict[str, Any]) -> TrainConfig:
     """Defaults, then the YAML file, then the flags given; validated before any work."""
-    from zsplg.config import load_config
+    from zsplg.cli.settings import load_config
 
     values: dict[str, Any] = {}
     if config_file is not None:
@@ -107,8 +105,8 @@ def train_command(**kwargs: Any) -> None:
     The same command resumes an interrupted run and runs under
     `torchrun --nproc-per-node N`.
     """
+    from zsplg.runtime.weights import WeightsError
     from zsplg.train.loop import ResumeMismatchError, train
-    from zsplg.weights import WeightsError
 
     config_file = kwargs.pop("config_file")
     try:
@@ -138,7 +136,7 @@ def predict_command(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Write OUT/labels/*.png (class ids) and OUT/overlays/*.jpg for new images."""
-    from zsplg.predict import PredictConfig, run_predict
+    from zsplg.train.predict import PredictConfig, run_predict
 
     if (images_dir is None) == (pair_list is None):
         _fail("give either IMAGES_DIR or --list FILE (exactly one)")

@@ -32,11 +32,11 @@ import torch
 from PIL import Image
 
 from zsplg import IGNORE_INDEX
-from zsplg.annotate import pool_masks
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import atomic_write_bytes, read_label
 from zsplg.data.sources import Sample
+from zsplg.labeling.annotate import pool_masks
 from zsplg.masks.base import MaskGenerator, MaskProposals
 from zsplg.vl.base import DenseVisionLanguageModel
 

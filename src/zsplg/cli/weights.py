@@ -8,15 +8,15 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from zsplg import weights
+from zsplg.cli.console import console, make_console
+from zsplg.runtime import weights
 
 weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Known model weights: list and fetch.")
-err = Console(stderr=True)
+err = console
 
 
 def _size_mb(row: dict) -> str:
@@ -47,7 +47,7 @@ def list_cmd(
         path = row["path"] or f"(not installed: {row['fetch']})"
         table.add_row(row["name"], row["kind"], _size_mb(row), escape(row["licence"]), present,
                       escape(path))
-    Console().print(table)
+    make_console(stderr=False).print(table)
     if any(not row["present"] and row["kind"] != "packaged" for row in rows):
         err.print("fetch missing weights with `zsplg weights fetch NAME`, or pass a local file "
                   "to the backend's path option")

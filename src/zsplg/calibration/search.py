@@ -3,8 +3,8 @@
 Zero-shot labelling guesses its background threshold, temperature, prompt
 templates and class biases. Given labelled images, `calibrate` chooses them to
 maximise the pseudo labels' mIoU, and can add a few-shot head
-(`zsplg.vl.fewshot`) fused with the zero-shot scores. Every labelled image is
-reduced once (`zsplg.labelled_set`), so a trial costs milliseconds.
+(`zsplg.calibration.fewshot`) fused with the zero-shot scores. Every labelled image is
+reduced once (`zsplg.calibration.labelled_set`), so a trial costs milliseconds.
 
 Honesty: the labelled images are split into k folds. For each fold, every
 choice (templates, threshold, temperature, few-shot weight, offsets, and the
@@ -36,13 +36,13 @@ import scipy.sparse as sp
 import torch
 
 from zsplg import __version__
+from zsplg.calibration.fewshot import FewShotHead, fuse_log_scores, head_columns, softmax_rows
+from zsplg.calibration.labelled_set import LabelledSet, miou_of
 from zsplg.data.classes import ClassSpec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
-from zsplg.labelled_set import LabelledSet, miou_of
 from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions
 from zsplg.vl.base import DenseVisionLanguageModel, thresholded_softmax
-from zsplg.vl.fewshot import FewShotHead, fuse_log_scores, head_columns, softmax_rows
 from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
 
 FORMAT = "zsplg-calibration"
@@ -506,7 +506,7 @@ def score_calibration(calibration: Calibration, lset: LabelledSet,
                       model: DenseVisionLanguageModel, spec: ClassSpec, overlap: str = "average",
                       uncovered: str = "ignore", unknown: str = "ignore") -> dict:
     """Metrics of labelling `lset`'s images with a calibration (as `zsplg label` would)."""
-    from zsplg.vl.fewshot import CalibratedModel
+    from zsplg.calibration.fewshot import CalibratedModel
 
     class_ids = [i for i in range(spec.num_classes) if i != spec.background]
     prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,

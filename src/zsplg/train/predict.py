@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 from rich.console import Console
 
+from zsplg.cli.console import make_progress
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import atomic_write_bytes, atomic_write_text, voc_colormap, write_label_png
 from zsplg.data.sources import Sample, resolve_sources
-from zsplg.progress import make_progress
 from zsplg.train.checkpoint import load_checkpoint
 from zsplg.train.inference import predict_logits
 from zsplg.train.model import build_model

@@ -1,0 +1,3 @@
+from zsplg.cli import main
+
+main()
