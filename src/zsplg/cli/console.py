@@ -8,7 +8,7 @@ that read them. On a terminal rich's own width applies.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
@@ -25,6 +25,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.progress import Task as RichTask
+from rich.table import Table
 from rich.text import Text
 
 from zsplg.runtime.progress import Level, Reporter, Task
@@ -110,6 +111,14 @@ class ConsoleReporter(Reporter):
         text = escape(message)
         out = self._progress.console if self._progress is not None else self.console
         out.print(f"[yellow]{text}[/]" if level == "warning" else text)
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        table = Table(title=title)
+        for i, column in enumerate(columns):
+            table.add_column(escape(column), justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*(escape(cell) for cell in row))
+        (self._progress.console if self._progress is not None else self.console).print(table)
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "img") -> Iterator[Task]:

@@ -9,7 +9,7 @@ log lines (``zsplg.cli.console.ConsoleReporter``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Literal
 
@@ -34,6 +34,9 @@ class Reporter:
 
     def log(self, message: str, level: Level = "info") -> None:
         """One line for the user (``warning``: something was skipped or is doubtful)."""
+
+    def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        """A small table of already formatted cells (per-class scores, confusions)."""
 
     @contextmanager
     def task(self, description: str, total: int | None, unit: str = "img") -> Iterator[Task]:
