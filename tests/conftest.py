@@ -34,7 +34,7 @@ def one_torch_thread():
 def shared_vl_backend():
     """One vision-language model per (name, options) for a whole module: loading ConSE
     is the slow part of every in-process `zsplg label` call."""
-    import zsplg.labeling.run as labeling
+    import zsplg.labeling.labeller as labeling
 
     real = labeling.build_vl_model
     built = {}

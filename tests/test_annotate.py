@@ -8,14 +8,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zsplg import IGNORE_INDEX
-from zsplg.labeling.annotate import (
-    _MASK_CHUNK,
-    OVERLAP_POLICIES,
-    UNCOVERED_POLICIES,
-    Annotator,
-    AnnotatorConfig,
-    pool_masks,
-)
+from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES
+from zsplg.labeling.annotate import Annotator, pool_masks
+from zsplg.labeling.painting import MASK_CHUNK as _MASK_CHUNK
+from zsplg.labeling.settings import AnnotatorConfig
 from zsplg.masks.base import MaskProposals
 from zsplg.vl.base import thresholded_softmax
 

@@ -26,11 +26,11 @@ import pytest
 from cli_helpers import invoke, squash
 from PIL import Image
 
-import zsplg.labeling.run as labeling
+import zsplg.labeling.labeller as labeling
 from zsplg.cli.settings import apply_config, load_config, merge_settings, validate_config
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
-from zsplg.labeling.run import LabelConfig
+from zsplg.labeling.settings import LabelConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("shared_vl_backend")]
 

@@ -16,25 +16,27 @@ import torch.nn.functional as F  # noqa: N812
 from PIL import Image
 from typer.testing import CliRunner
 
-import zsplg.labeling.run as labeling
+import zsplg.labeling.labeller as labeller_module
+import zsplg.labeling.settings as settings_module
+from zsplg.calibration.file import Calibration, CalibrationError, check_compatible
 from zsplg.calibration.labelled_set import LabelledSet, atoms_of, reduce_image, reduce_sample
-from zsplg.calibration.run import CalibrateConfig, run_calibrate
+from zsplg.calibration.run import run_calibrate
 from zsplg.calibration.search import (
-    Calibration,
-    CalibrationError,
     calibrate,
-    check_compatible,
     make_folds,
     score_calibration,
     zero_shot_scorer,
 )
+from zsplg.calibration.settings import CalibrateConfig
 from zsplg.cli import app
 from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.sources import read_pair_list
-from zsplg.labeling.annotate import Annotator, AnnotatorConfig
+from zsplg.labeling.annotate import Annotator
+from zsplg.labeling.settings import AnnotatorConfig, ConfigMismatchError, LabelConfig
 from zsplg.masks.base import MaskProposals
 from zsplg.metrics import ConfusionMatrix
+from zsplg.pipeline import label
 from zsplg.vl.base import thresholded_softmax
 
 COLOURS = {1: (220, 30, 30), 2: (30, 200, 40), 3: (40, 40, 210)}  # red, green, blue
@@ -283,10 +285,12 @@ def test_conse_fast_scorer_equals_class_probabilities():
 
 
 def patch_backends(monkeypatch, model) -> None:
-    monkeypatch.setattr(labeling, "build_vl_model", lambda *a, **k: model)
-    monkeypatch.setattr(labeling, "build_mask_generator", lambda *a, **k: QuadrantMasks())
-    monkeypatch.setattr(labeling, "resolve_mask_generator_name", lambda *a, **k: "superpixel")
-    monkeypatch.setattr(labeling, "resolve_vl_name", lambda *a, **k: "conse")
+    monkeypatch.setattr(labeller_module, "build_vl_model", lambda *a, **k: model)
+    monkeypatch.setattr(labeller_module, "build_mask_generator", lambda *a, **k: QuadrantMasks())
+    for module in (labeller_module, settings_module):
+        monkeypatch.setattr(module, "resolve_mask_generator_name",
+                            lambda *a, **k: "superpixel")
+    monkeypatch.setattr(settings_module, "resolve_vl_name", lambda *a, **k: "conse")
 
 
 def test_calibrate_then_label_applies_the_file_and_records_it(dataset, tmp_path, monkeypatch):
@@ -302,14 +306,14 @@ def test_calibrate_then_label_applies_the_file_and_records_it(dataset, tmp_path,
     assert Calibration.load(calib_path).offsets == calibration.offsets
 
     spec = load_class_spec(classes)
-    config = labeling.LabelConfig(classes=str(classes), out=str(tmp_path / "calibrated"),
-                                  pair_list=str(dataset), calibration=str(calib_path))
-    info = labeling.run_label(config)
+    config = LabelConfig(classes=str(classes), out=str(tmp_path / "calibrated"),
+                         pair_list=str(dataset), calibration=str(calib_path))
+    info = label(config)
     assert info["settings"]["calibration"]["digest"] == calibration.digest()
     assert info["settings"]["background_threshold"] == calibration.background_threshold
 
-    plain = labeling.run_label(labeling.LabelConfig(classes=str(classes), out=str(tmp_path / "p"),
-                                                    pair_list=str(dataset)))
+    plain = label(LabelConfig(classes=str(classes), out=str(tmp_path / "p"),
+                              pair_list=str(dataset)))
     assert plain["settings"].get("calibration") is None
     from zsplg.evaluate import evaluate_folder
 
@@ -326,12 +330,12 @@ def test_calibrate_then_label_applies_the_file_and_records_it(dataset, tmp_path,
     other = Calibration.load(calib_path)
     other.offsets = [0.0] * len(other.offsets)
     other.save(tmp_path / "other.json")
-    with pytest.raises(labeling.ConfigMismatchError, match="calibration"):
-        labeling.run_label(labeling.LabelConfig(classes=str(classes),
-                                                out=str(tmp_path / "calibrated"),
-                                                pair_list=str(dataset),
-                                                calibration=str(tmp_path / "other.json")))
-    again = labeling.run_label(config)
+    with pytest.raises(ConfigMismatchError, match="calibration"):
+        label(LabelConfig(classes=str(classes),
+                          out=str(tmp_path / "calibrated"),
+                          pair_list=str(dataset),
+                          calibration=str(tmp_path / "other.json")))
+    again = label(config)
     assert again["counts"]["already_done"] == len(samples)
 
 
@@ -346,29 +350,29 @@ def test_label_refuses_a_calibration_fitted_for_other_classes_or_backend(dataset
     renamed = tmp_path / "classes.txt"
     renamed.write_text("background\nred\ngreen\nnavy\n")
     with pytest.raises(CalibrationError, match="another class spec"):
-        labeling.run_label(labeling.LabelConfig(classes=str(renamed), out=str(tmp_path / "o"),
-                                                pair_list=str(dataset),
-                                                calibration=str(calib_path)))
+        label(LabelConfig(classes=str(renamed), out=str(tmp_path / "o"),
+                          pair_list=str(dataset),
+                          calibration=str(calib_path)))
     calibration = Calibration.load(calib_path)
     expected = dict(calibration.fitted_for, vl={"name": "clip-gem"})
     with pytest.raises(CalibrationError, match="vision-language backend.*recalibrate"):
         check_compatible(calibration, expected, "calib.json")
     with pytest.raises(ValueError, match="--threshold"):
-        labeling.run_label(labeling.LabelConfig(classes=str(classes), out=str(tmp_path / "t"),
-                                                pair_list=str(dataset), background_threshold=9.0,
-                                                calibration=str(calib_path)))
+        label(LabelConfig(classes=str(classes), out=str(tmp_path / "t"),
+                          pair_list=str(dataset), background_threshold=9.0,
+                          calibration=str(calib_path)))
 
 
 def test_label_calibrate_on_writes_and_reuses_the_file(dataset, tmp_path, monkeypatch):
     patch_backends(monkeypatch, ColourModel(bias={0: -0.6}))
     classes = dataset.parent / "classes.txt"
     out = tmp_path / "run"
-    config = labeling.LabelConfig(classes=str(classes), out=str(out), pair_list=str(dataset),
-                                  calibrate_on=str(dataset))
-    first = labeling.run_label(config)
+    config = LabelConfig(classes=str(classes), out=str(out), pair_list=str(dataset),
+                         calibrate_on=str(dataset))
+    first = label(config)
     assert (out / "calibration.json").is_file()
     stamp = (out / "calibration.json").stat().st_mtime_ns
-    second = labeling.run_label(config)  # resume: same list, file reused, nothing relabelled
+    second = label(config)  # resume: same list, file reused, nothing relabelled
     assert (out / "calibration.json").stat().st_mtime_ns == stamp
     assert second["counts"]["already_done"] == first["counts"]["labelled"]
     # the few-shot head went through `label` exactly as the calibration scored it

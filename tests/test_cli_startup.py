@@ -17,7 +17,7 @@ def test_importing_the_cli_leaves_heavy_libraries_unloaded():
 
 def test_choices_match_what_the_implementations_accept():
     from zsplg import choices
-    from zsplg.labeling.annotate import AnnotatorConfig
+    from zsplg.labeling.settings import AnnotatorConfig
     from zsplg.train.methods import METHODS
     from zsplg.train.targets import DEFAULT_POLICY, POLICIES
 

@@ -7,15 +7,15 @@ import math
 
 import numpy as np
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from zsplg.cli import app
 from zsplg.data.classes import load_class_spec
 from zsplg.data.images import read_image
 from zsplg.data.labels import read_label, voc_colormap
+from zsplg.data.overlay import overlay
 from zsplg.data.sources import read_pair_list
-from zsplg.demo import DEMO_MAX_SIDE, VOC_CLASSES, build_sample, overlay
+from zsplg.demo import DEMO_MAX_SIDE, VOC_CLASSES, build_sample
 
 
 def test_voc_class_list():
@@ -35,7 +35,7 @@ def test_overlay_blends_half_and_half():
 
 
 def test_build_sample_writes_a_consistent_dataset(tmp_path):
-    names = build_sample(tmp_path, Console(file=None, quiet=True))
+    names = build_sample(tmp_path)
     assert ("voc", True) in names
     assert len(names) >= 2  # the VOC image plus at least one scikit-image photo
 

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import invoke, squash
 from PIL import Image
 
-from zsplg.evaluate import evaluate_folder, write_eval_outputs
+from zsplg.data.sources import read_pair_list
+from zsplg.evaluate import EvalConfig, evaluate_folder, run_eval, write_eval_outputs
+from zsplg.runtime.progress import Reporter
 
 NAMES = ["bg", "cat", "dog"]
 
@@ -178,3 +181,120 @@ def test_confidence_floors_score_only_the_sure_pixels(tmp_path):
     with pytest.raises(Exception, match="confidence maps not found"):
         evaluate_folder(tmp_path / "labels", samples, ["c0", "c1", "c2"],
                         confidence_floors=(0.5,))
+
+
+# --------------------------------------------------------------------------- matching, zsplg eval
+
+
+def _eval_workspace(tmp_path: Path, pred_keys: list[str]) -> tuple[Path, Path, Path]:
+    """A list keyed images/voc (and images/cat) with ground truth; predictions under
+    the given keys, each a copy of its ground truth."""
+    gt = {"voc": np.array([[0, 1], [2, 2]], np.uint8), "cat": np.array([[1, 1], [0, 0]], np.uint8)}
+    lines = []
+    for name, arr in gt.items():
+        Image.new("RGB", (2, 2)).save(_mkdir(tmp_path / "images") / f"{name}.png")
+        _palette_png(tmp_path / "gt" / f"{name}.png", arr)
+        lines.append(f"images/{name}.png gt/{name}.png\n")
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("".join(lines))
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(NAMES) + "\n")
+    preds = _mkdir(tmp_path / "preds")
+    for key in pred_keys:
+        _palette_png(preds / f"{key}.png", gt.get(Path(key).name, gt["voc"]))
+    return preds, pairs, classes
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_predictions_match_the_list_by_unique_file_name(tmp_path):
+    preds, pairs, _ = _eval_workspace(tmp_path, ["voc", "cat"])  # labelled from images/
+    samples = read_pair_list(pairs)
+    assert [s.key for s in samples] == ["images/voc", "images/cat"]
+    metrics, _, errors = evaluate_folder(preds, samples, NAMES)
+    assert errors == []
+    assert metrics["images_scored"] == metrics["images_evaluated"] == 2
+    assert metrics["images_listed"] == 2
+    assert metrics["miou"] == pytest.approx(100.0)
+
+
+def test_own_key_wins_and_an_ambiguous_file_name_is_not_guessed(tmp_path):
+    preds, pairs, _ = _eval_workspace(tmp_path, ["images/voc", "a/cat", "b/cat"])
+    _palette_png(preds / "other" / "voc.png", np.zeros((2, 2), np.uint8))  # not images/voc's
+    metrics, _, errors = evaluate_folder(preds, read_pair_list(pairs), NAMES)
+    assert metrics["images_scored"] == 1 and metrics["miou"] == pytest.approx(100.0)
+    assert [e["key"] for e in errors] == ["images/cat"]
+    assert "2 with its file name" in errors[0]["error"]
+
+
+def test_cli_eval_says_how_many_images_it_scored(tmp_path):
+    preds, pairs, classes = _eval_workspace(tmp_path, ["voc"])
+    result = invoke("eval", "--pred", preds, "--list", pairs, "--classes", classes)
+    assert result.exit_code == 0, result.output
+    assert "scored 1 of 2 images" in result.output
+    assert squash(f"mIoU 100.00 -> {preds / 'eval.json'}") in squash(result.output)
+    metrics = json.loads((preds / "eval.json").read_text())
+    assert metrics["images_scored"] == 1 and metrics["images_listed"] == 2
+
+
+def test_cli_eval_with_no_matching_prediction_fails_in_one_line(tmp_path):
+    preds, pairs, classes = _eval_workspace(tmp_path, ["dog", "sub/bird"])
+    result = invoke("eval", "--pred", preds, "--list", pairs, "--classes", classes)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "no image was scored: prediction keys (dog, sub/bird) do not match the list" in lines[0]
+    assert "images/voc" in lines[0] and "Traceback" not in result.output
+    assert not (preds / "eval.json").exists()
+
+
+def test_cli_eval_where_every_matched_image_fails_exits_1(tmp_path):
+    preds, pairs, classes = _eval_workspace(tmp_path, ["voc"])
+    _palette_png(preds / "voc.png", np.zeros((3, 3), np.uint8))  # wrong size
+    result = invoke("eval", "--pred", preds, "--list", pairs, "--classes", classes)
+    assert result.exit_code == 1, result.output
+    assert "no image was scored" in result.output and "Traceback" not in result.output
+    assert "size mismatch" in (preds / "eval_errors.jsonl").read_text()
+
+
+class _Recorder:
+    """A Reporter that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+        self.tables: list[tuple[str, list[str], list[list[str]]]] = []
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.lines.append((level, message))
+
+    def table(self, title, columns, rows) -> None:
+        self.tables.append((title, list(columns), [list(r) for r in rows]))
+
+    def task(self, description, total, unit="img"):
+        return Reporter().task(description, total, unit)
+
+
+def test_run_eval_reports_plain_tables_and_lines(tmp_path):
+    preds, pairs, classes = _eval_workspace(tmp_path, ["voc", "cat"])
+    _palette_png(preds / "cat.png", np.array([[1, 2], [0, 0]], np.uint8))  # one pixel wrong
+    recorder = _Recorder()
+    metrics, written = run_eval(EvalConfig(pred=str(preds), pair_list=str(pairs),
+                                           classes=str(classes),
+                                           json_path=str(tmp_path / "out" / "e.json")),
+                                recorder)
+    assert written == tmp_path / "out" / "e.json" and written.is_file()
+    titles = [t[0] for t in recorder.tables]
+    assert titles == ["Pseudo-label evaluation", "top confusions"]
+    summary = recorder.tables[0][2][-1]
+    assert summary[0] == "mIoU / pixel acc / coverage" and summary[1] == f"{metrics['miou']:.2f}"
+    assert all(isinstance(cell, str) and "[" not in cell
+               for _, _, rows in recorder.tables for row in rows for cell in row)
+    assert ("info", "scored 2 of 2 images") in recorder.lines
+
+
+def test_eval_config_refuses_floors_outside_0_1():
+    with pytest.raises(ValueError, match=r"confidence floors must be in \[0, 1\]"):
+        EvalConfig(pred="p", pair_list="l", classes="c", confidence_floors=[0.5, 1.5]).validate()

@@ -21,7 +21,7 @@ from zsplg.cli import app
 from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import read_label, voc_colormap, write_label_png
-from zsplg.export import export_coco, export_index, export_overlays
+from zsplg.export import ExportConfig, export_coco, export_index, export_overlays, run_export
 
 # pycocotools' decode under numpy 2 (its own code, harmless)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -221,3 +221,28 @@ def test_cli_export_round_trip_and_errors(tmp_path):
     result = runner.invoke(app, ["export", str(tmp_path / "nowhere"), "--to", "coco",
                                  "--out", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "label folder not found" in result.output
+
+
+def test_export_config_refuses_what_the_command_refuses(tmp_path):
+    with pytest.raises(ValueError, match="--to must be one of coco, overlay, index, got 'yolo'"):
+        ExportConfig(source="s", to="yolo", out="o").validate()
+    with pytest.raises(ValueError, match="give either --images DIR or --list PAIRS, not both"):
+        ExportConfig(source="s", to="coco", out="o", images="i", pair_list="l").validate()
+    with pytest.raises(ValueError, match="overlay format must be one of jpg, png"):
+        ExportConfig(source="s", to="overlay", out="o", image_format="gif").validate()
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        ExportConfig(source="s", to="overlay", out="o", alpha=2.0).validate()
+    ExportConfig(source="s", to="coco", out="o", alpha=2.0).validate()  # alpha is overlay's
+
+
+def test_run_export_does_what_to_says(tmp_path):
+    run = make_run(tmp_path)
+    coco = run_export(ExportConfig(source=str(run), to="coco", out=str(tmp_path / "c.json")))
+    assert coco["format"] == "coco" and coco["images"] == 3
+    index = run_export(ExportConfig(source=str(tmp_path / "c.json"), to="index",
+                                    out=str(tmp_path / "idx")))
+    assert index["format"] == "index"
+    _assert_round_trip(run, tmp_path / "idx")
+    overlays = run_export(ExportConfig(source=str(run), to="overlay", out=str(tmp_path / "ov"),
+                                       image_format="png"))
+    assert overlays["format"] == "overlay" and (tmp_path / "ov" / "a.png").is_file()

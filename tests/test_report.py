@@ -15,7 +15,6 @@ set), where .ci/run installs Debian's chromium and a missing browser fails.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -28,7 +27,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from rich.console import Console
 
 from zsplg.data.errors import InputError
 from zsplg.data.labels import write_label_png
@@ -36,7 +34,8 @@ from zsplg.data.sources import read_pair_list
 from zsplg.evaluate import evaluate_folder, write_eval_outputs
 from zsplg.labeling.run import LabelConfig, Labeller, run_label
 from zsplg.metrics import ConfusionMatrix, compute_metrics
-from zsplg.report.page import ReportOptions, render_report, write_report
+from zsplg.report import ReportOptions, render_report, write_report
+from zsplg.report.gallery import ImageScore, pick, rank
 
 CLASSES = ["background", "cat", "dog"]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -126,7 +125,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     label_run = root / "label-run"
     run_label(LabelConfig(classes=str(root / "classes.txt"), out=str(label_run),
                           pair_list=str(root / "pairs.txt")),
-              console=Console(file=io.StringIO()), labeller=ColourLabeller())
+              labeller=ColourLabeller())
 
     eval_run = root / "eval-run"
     samples = read_pair_list(root / "pairs.txt")
@@ -451,3 +450,198 @@ def test_cli_report_writes_the_default_file(runs, tmp_path):
     assert (folder / "report.html").read_text().startswith("<!DOCTYPE html>")
     result = CliRunner().invoke(app, ["report", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "run folder not found" in result.output
+
+
+# --------------------------------------------------------------------------- gallery, width, charts
+
+
+def _scored_folder(root: Path, count: int) -> tuple[Path, ReportOptions, list[str]]:
+    """A label folder (no run.json) of ``count`` images whose ground truth is wrong in more rows
+    as the key grows; returns the folder, the options that find images and classes, and the
+    keys from worst to best by the per-image mIoU zsplg computes."""
+    folder = root / "scored"
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    lines, scores = [], {}
+    for i in range(count):
+        key = f"img{i:02d}"
+        image = _photo(i % 4)
+        Image.fromarray(image).save(_mkparent(root / "images" / f"{key}.png"))
+        pred = _predicted(image)
+        pred[pred == 255] = 0
+        gt = pred.copy()
+        gt[: 2 + 4 * i] = 2  # the top rows are "dog" in the ground truth
+        write_label_png(folder / "labels" / f"{key}.png", pred)
+        write_label_png(root / "gt" / f"{key}.png", gt)
+        lines.append(f"images/{key}.png gt/{key}.png")
+        cm = ConfusionMatrix(len(CLASSES))
+        cm.update(pred, gt)
+        scores[key] = compute_metrics(cm, CLASSES)["miou"]
+    (root / "pairs.txt").write_text("\n".join(lines) + "\n")
+    options = ReportOptions(pair_list=root / "pairs.txt", classes=root / "classes.txt")
+    return folder, options, sorted(scores, key=lambda k: (scores[k], k))
+
+
+def _mkparent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _gallery(html: str) -> list[tuple[str, str]]:
+    """(key, group) of every gallery item, in page order."""
+    return re.findall(r'<figure class="gallery-item" data-group="(\w+)">.*?<figcaption>(\S+)',
+                      html, re.S)
+
+
+def test_gallery_pick_takes_worst_median_and_best():
+    scores = [ImageScore(f"k{i}", miou=float(i), has_gt=True) for i in range(10)]
+    ranked, unranked, ranked_by = rank([*scores, ImageScore("nogt", confidence=0.1)])
+    assert ranked_by == "mIoU" and [s.key for s in unranked] == ["nogt"]
+    picked = [(s.key, group) for s, group in pick(ranked, unranked, 6)]
+    assert picked == [("k0", "worst"), ("k1", "worst"), ("k4", "median"), ("k5", "median"),
+                      ("k8", "best"), ("k9", "best")]
+    assert [(s.key, g) for s, g in pick(ranked, unranked, 2)] == [("k0", "worst"),
+                                                                  ("k9", "best")]
+    everything = pick(ranked, unranked, 24)  # all fit: the ranking cut in thirds, then the rest
+    assert [g for _, g in everything] == ["worst"] * 4 + ["median"] * 3 + ["best"] * 3 + [
+        "unranked"]
+    # Without ground truth the labeller's confidence ranks.
+    ranked, unranked, ranked_by = rank([ImageScore("a", confidence=0.9),
+                                        ImageScore("b", confidence=0.2), ImageScore("c")])
+    assert ranked_by == "confidence" and [s.key for s in ranked] == ["b", "a"]
+    assert [s.key for s in unranked] == ["c"]
+
+
+def test_gallery_shows_worst_median_and_best_with_a_filter(tmp_path):
+    folder, options, worst_to_best = _scored_folder(tmp_path, 9)
+    options.gallery = 6
+    html = render_report(folder, options)
+    shown = [(key, group) for group, key in _gallery(html)]
+    assert shown == [(worst_to_best[0], "worst"), (worst_to_best[1], "worst"),
+                     (worst_to_best[3], "median"), (worst_to_best[4], "median"),
+                     (worst_to_best[7], "best"), (worst_to_best[8], "best")]
+    assert "6 of 9 images" in html
+    for group, count in (("all", 6), ("worst", 2), ("median", 2), ("best", 2)):
+        assert f'id="gallery-{group}"' in html
+        assert f'<label for="gallery-{group}">{group} ({count})</label>' in html
+
+
+def test_gallery_filter_and_full_width_in_browser(tmp_path, chromium):
+    folder, options, _ = _scored_folder(tmp_path, 9)
+    options.gallery = 6
+    html = write_report(folder, tmp_path / "gallery.html", options)
+    visible = ("Array.prototype.filter.call(document.querySelectorAll('.gallery-item'), "
+               "function (e) { return e.getBoundingClientRect().width > 0; }).length")
+    script = f"""
+      var out = {{all: {visible}, width: window.innerWidth,
+                 main: document.querySelector('main').getBoundingClientRect().width,
+                 section: document.querySelector('section').getBoundingClientRect().width}};
+      ['worst', 'median', 'best', 'all'].forEach(function (group) {{
+        document.querySelector('label[for=gallery-' + group + ']').click();
+        out[group] = {visible};
+      }});
+      return out;"""
+    out = run_script(chromium, html, tmp_path / "browser", script, width=2400)
+    assert out["all"] == 6 and out["worst"] == out["median"] == out["best"] == 2
+    # No fixed maximum width: on a wide screen the content is as wide as the window.
+    assert out["width"] == 2400
+    assert out["main"] >= out["width"] - 1 and out["section"] > 0.9 * out["width"]
+
+
+def run_script(binary: str, html: Path, work: Path, body: str, width: int = WIDTH) -> dict:
+    """Load html, run ``body`` (JS that returns a JSON-able value) after load; its result.
+
+    No screenshot: layout is read from the DOM (--dump-dom).
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    page = work / "scripted.html"
+    probe = ("<script>window.addEventListener('load', function () { setTimeout(function () {"
+             "var out = (function () {" + body + "})();"
+             "var pre = document.createElement('pre'); pre.id = 'zsplg-probe';"
+             "pre.style.display = 'none'; pre.textContent = JSON.stringify(out);"
+             "document.body.appendChild(pre); }, 0); });</script>")
+    page.write_text(html.read_text(encoding="utf-8").replace("<head>", "<head>" + probe, 1),
+                    encoding="utf-8")
+    dom = _chromium(binary, work / "profile", f"--window-size={width},1000", "--dump-dom",
+                    page.resolve().as_uri())
+    found = re.search(r'<pre id="zsplg-probe"[^>]*>(.*?)</pre>', dom.stdout, re.S)
+    assert found, f"no probe output; chromium said: {dom.stderr[-2000:]}"
+    return json.loads(found.group(1).replace("&lt;", "<").replace("&gt;", ">")
+                      .replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def test_page_has_no_fixed_maximum_width(runs):
+    html = render_report(runs["eval"])
+    main_rule = re.search(r"(?:^|\})main\{([^}]*)\}", html, re.M)
+    assert main_rule and "max-width" not in main_rule.group(1)
+
+
+def _plot_box(svg: str) -> tuple[float, float, float, float]:
+    x, y, w, h = map(float, re.search(r'<rect x="([\d.]+)" y="([\d.]+)" width="([\d.]+)" '
+                                       r'height="([\d.]+)" fill="none"', svg).groups())
+    return x, y, x + w, y + h
+
+
+def test_train_charts_with_one_step_and_with_none(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "history.jsonl").write_text(json.dumps({"iter": 10, "loss": 1.25, "lr": 0.01}) + "\n")
+    html = render_report(one)
+    charts = re.findall(r'<svg class="chart chart-lines".*?</svg>', html, re.S)
+    assert len(charts) == 2  # loss and learning rate; no validation yet
+    for svg in charts:  # a visible marker inside the plot, its value, and why there is no line
+        x0, y0, x1, y1 = _plot_box(svg)
+        cx, cy = map(float, re.search(r'<circle class="point" cx="([\d.]+)" cy="([\d.]+)" r="5"',
+                                      svg).groups())
+        assert x0 < cx < x1 and y0 < cy < y1
+        assert "one step logged" in svg
+    assert ">1.25</text>" in charts[0] and ">0.01</text>" in charts[1]
+    assert "not logged yet: validation mIoU" in html
+
+    only_val = tmp_path / "only-val"
+    only_val.mkdir()
+    cm = ConfusionMatrix(3)
+    cm.update(np.array([[0, 1, 2]], dtype=np.uint8), np.array([[0, 1, 1]], dtype=np.uint8))
+    (only_val / "history.jsonl").write_text(
+        json.dumps({"iter": 50, "val": compute_metrics(cm, CLASSES)}) + "\n")
+    html = render_report(only_val)
+    assert html.count('<svg class="chart chart-lines') == 1  # validation only: no empty loss
+    assert "chart-val" in html and "not logged yet: training loss" in html
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "history.jsonl").write_text("")
+    html = render_report(empty)
+    assert "chart-lines" not in html.split("<body>", 1)[1]
+    assert "history.jsonl has no plottable records" in html
+
+
+def test_text_from_the_run_folder_is_escaped(runs, tmp_path):
+    folder = tmp_path / "odd"
+    shutil.copytree(runs["label"], folder)
+    info = json.loads((folder / "run.json").read_text())
+    info["settings"]["note"] = "<script>alert(1)</script>"
+    info["device"] = 'a"b&c'
+    info["inputs"]["classes"]["classes"][1] = {"name": "<cat>"}
+    (folder / "run.json").write_text(json.dumps(info))
+    html = render_report(folder)
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "a&#34;b&amp;c" in html
+    assert "<cat>" not in html and "&lt;cat&gt;" in html  # in tables, charts and the legend
+
+
+def test_report_takes_run_folder_names_from_run_folder():
+    """report/ names run-folder files through zsplg.data.run_folder, never by literal."""
+    import zsplg.report
+
+    package = Path(zsplg.report.__file__).parent
+    names = ("run.json", "errors.jsonl", "metrics.json", "history.jsonl", "config.yaml")
+    for path in [*package.glob("*.py"), *(package / "templates").iterdir()]:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".py":  # docstrings may name them; code may not
+            text = re.sub(r'"""(.*?)"""', "", text, flags=re.S)
+            found = [n for n in names if f'"{n}' in text or f"'{n}" in text]
+            found += [n for n in ("labels", "confidence")  # as a path part
+                      if re.search(rf"""/ ["']{n}["']|["']{n}/""", text)]
+        else:
+            found = [n for n in names if n in text]
+        assert found == [], f"{path.name}: {found}"

@@ -33,7 +33,8 @@ from typer.testing import CliRunner
 from zsplg.cli import app
 from zsplg.data.images import image_size
 from zsplg.data.labels import remove_stale_temp_files
-from zsplg.labeling.run import ConfigMismatchError, LabelConfig, run_label
+from zsplg.labeling.run import run_label
+from zsplg.labeling.settings import ConfigMismatchError, LabelConfig
 
 SEED = 20251125
 N_IMAGES = 7
@@ -388,3 +389,48 @@ _label({str(images)!r}, {str(classes)!r}, {str(out)!r})
     _label(images, classes, clean)
     assert _temp_files(out) == []
     assert _outputs(out) == _outputs(clean)
+
+
+@pytest.fixture(scope="module")
+def sigint(chain):
+    """SIGINT (Ctrl-C) a real run once it has labelled an image, then run it again."""
+    out = chain.root / "sigint"
+    command = _label_command(chain.images, chain.classes, out)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    try:
+        while process.poll() is None and _count(out / "labels") < 1:
+            assert time.monotonic() < deadline, "no label written"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    interrupted_run = json.loads((out / "run.json").read_text())
+    labelled = _count(out / "labels")
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+    return SimpleNamespace(out=out, returncode=process.returncode, stderr=stderr,
+                           run=interrupted_run, labelled=labelled, resumed=resumed)
+
+
+@pytest.mark.slow
+def test_sigint_records_where_the_run_stopped(sigint):
+    assert sigint.returncode == 130, sigint.stderr
+    assert 1 <= sigint.labelled < N_IMAGES, "the run finished before the signal landed"
+    assert sigint.run["status"] == "interrupted"
+    counts = sigint.run["counts"]
+    assert counts["labelled"] + counts["already_done"] == sigint.labelled
+    assert counts["images"] == N_IMAGES
+    assert (f"interrupted: {sigint.labelled} of {N_IMAGES} labelled; run the same command "
+            f"again to resume") in sigint.stderr
+    assert "Traceback" not in sigint.stderr
+
+
+@pytest.mark.slow
+def test_after_sigint_the_same_command_resumes_to_identical_outputs(sigint, chain):
+    assert sigint.resumed.returncode == 0, sigint.resumed.stderr
+    first_line = sigint.resumed.stderr.splitlines()[0]
+    assert first_line == f"resuming: {sigint.labelled} already done"
+    assert json.loads((sigint.out / "run.json").read_text())["status"] == "finished"
+    assert _outputs(sigint.out) == _outputs(chain.reference)

@@ -31,7 +31,8 @@ from zsplg.masks.sam2 import (
     build_sam2_model,
     load_sam2_checkpoint,
 )
-from zsplg.masks.sam2_decoder import _supported, decode_sam2_point_prompts
+from zsplg.masks.sam2.decoder import decode_sam2_point_prompts
+from zsplg.masks.sam2.decoder import supports_fast_path as _supported
 
 IMG_SIZE = 256  # the tiny model's input side: 16 x 16 embeddings, 64 x 64 mask logits
 
@@ -299,8 +300,8 @@ def test_label_cli_runs_end_to_end_on_tiny_sam2(tmp_path, monkeypatch, model):
     """`zsplg label --masks sam2 --sam-checkpoint FILE`: the name, the checkpoint and the
     CLI's settings reach the SAM 2.1 generator. No real weights exist, so loading the file
     returns the tiny model, and the CLIP backend is a tiny random one."""
-    import zsplg.labeling.run as labeling
-    import zsplg.masks.sam2 as sam2_module
+    import zsplg.labeling.labeller as labeling
+    import zsplg.masks.sam2.generator as sam2_module
     from zsplg.cli import app
     from zsplg.vl.clip_gem import build_clip_backend
 

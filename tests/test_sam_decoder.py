@@ -18,9 +18,9 @@ from segment_anything.modeling import (
 )
 from skimage.transform import resize
 
-from zsplg.masks import sam_decoder
 from zsplg.masks.sam import build_sam_generator
-from zsplg.masks.sam_decoder import decode_point_prompts
+from zsplg.masks.sam import decoder as sam_decoder
+from zsplg.masks.sam.decoder import decode_point_prompts
 
 IMG_SIZE = 256
 

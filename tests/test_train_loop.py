@@ -221,3 +221,25 @@ def test_accumulation_and_head_lr_multiplier(data, tmp_path) -> None:
     # the last step ran at poly(step 1 of 2): lr * 0.5 ** 0.9, the head 10x that
     assert groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
     assert groups[1]["lr"] == pytest.approx(0.1 * 0.5 ** 0.9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_line_before_any_work(data, tmp_path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="--device cuda: no usable CUDA GPU"):
+        _run(data, out, method="supervised", iters=1, device="cuda")
+    assert not out.exists()
+    result = runner.invoke(app, ["train", "--labelled", str(data["labelled"]), "--classes",
+                                 str(data["classes"]), "--out", str(out), "--method",
+                                 "supervised", "--device", "cuda"])
+    assert result.exit_code == 2 and "no usable CUDA GPU" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_config_refuses_what_the_command_refuses() -> None:
+    from zsplg.train.predict import PredictConfig
+
+    with pytest.raises(ValueError, match=r"exactly one"):
+        PredictConfig(checkpoint="c", out="o").validate()
+    with pytest.raises(ValueError, match="--mode: 'tiled' is not one of whole, sliding"):
+        PredictConfig(checkpoint="c", out="o", images_dir="i", mode="tiled").validate()

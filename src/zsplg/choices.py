@@ -14,3 +14,5 @@ UNKNOWN_POLICIES = ("ignore", "best-class")
 TRAIN_METHODS = ("supervised", "unimatch", "enhanced")
 TARGET_POLICIES = ("replace", "confident-teacher", "agreement")
 DEFAULT_TARGET_POLICY = "replace"  # best in benchmarks/semi_supervised.py (CamVid, see its README)
+
+CALIBRATION_MODES = ("auto", "zero-shot", "few-shot", "fused")

@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rich.console import Console
 
 from zsplg import IGNORE_INDEX
 from zsplg.data.errors import InputError
-from zsplg.data.labels import voc_colormap, write_label_png
+from zsplg.data.labels import write_label_png
+from zsplg.data.overlay import overlay
+from zsplg.evaluate import EvalConfig, run_eval
+from zsplg.runtime.progress import Reporter, or_silent
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -36,6 +39,13 @@ VOC_CLASSES = (
     "sheep", "sofa", "train", "tv monitor",
 )
 DEMO_MAX_SIDE = 640
+
+
+@dataclass
+class DemoConfig:
+    """The settings of ``zsplg demo``: one field per option."""
+
+    out: str = "zsplg-demo"
 
 # (output name, skimage.data function, file it reads from skimage's bundled data folder)
 _SKIMAGE_PHOTOS = (
@@ -89,7 +99,7 @@ def _voc_sample() -> tuple[np.ndarray, np.ndarray]:
     return rgb, label.astype(np.uint8)
 
 
-def _skimage_photos(console: Console) -> list[tuple[str, np.ndarray]]:
+def _skimage_photos(reporter: Reporter) -> list[tuple[str, np.ndarray]]:
     """The scikit-image photos that ship inside the installed package.
 
     Only bundled files are used (never a download), so the demo runs offline; a
@@ -98,20 +108,21 @@ def _skimage_photos(console: Console) -> list[tuple[str, np.ndarray]]:
     try:
         import skimage.data as skdata
     except ImportError:  # pragma: no cover - scikit-image is a dependency
-        console.print("[yellow]scikit-image not importable: demo uses the VOC image only[/]")
+        reporter.log("scikit-image not importable: demo uses the VOC image only",
+                     level="warning")
         return []
     data_dir = Path(getattr(skdata, "data_dir", ""))
     photos = []
     for name, function, filename in _SKIMAGE_PHOTOS:
         loader: Callable | None = getattr(skdata, function, None)
         if loader is None or not (data_dir / filename).is_file():
-            console.print(f"[yellow]skipped[/] skimage.data.{function}: not bundled with this "
-                          "scikit-image version")
+            reporter.log(f"skipped skimage.data.{function}: not bundled with this "
+                         "scikit-image version", level="warning")
             continue
         try:
             image = loader()
         except Exception as exc:  # any loader failure only drops that photo
-            console.print(f"[yellow]skipped[/] skimage.data.{function}: {exc}")
+            reporter.log(f"skipped skimage.data.{function}: {exc}", level="warning")
             continue
         if isinstance(image, tuple):  # stereo_motorcycle: (left, right, disparity)
             image = image[0]
@@ -127,18 +138,11 @@ def _save_png(path: Path, image: np.ndarray) -> None:
         raise InputError(path, f"cannot write ({exc.strerror or exc})") from None
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend an RGB image with the VOC colours of a label map (255 = ignore colour)."""
-    colours = voc_colormap()[label].astype(np.float32)
-    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
-
-
-def build_sample(out: Path, console: Console) -> list[tuple[str, bool]]:
+def build_sample(out: Path, reporter: Reporter | None = None) -> list[tuple[str, bool]]:
     """Write images, ground truth, classes and pair-lists; returns (name, has_gt) pairs."""
     voc_image, voc_label = _fit(*_voc_sample())
     items: list[tuple[str, np.ndarray, np.ndarray | None]] = [("voc", voc_image, voc_label)]
-    for name, photo in _skimage_photos(console):
+    for name, photo in _skimage_photos(or_silent(reporter)):
         items.append((name, _fit(photo)[0], None))
     lines, eval_lines = [], []
     for name, image, label in items:
@@ -161,34 +165,36 @@ def build_sample(out: Path, console: Console) -> list[tuple[str, bool]]:
     return [(name, label is not None) for name, _, label in items]
 
 
-def run_demo(out: Path, console: Console | None = None) -> dict:
+def run_demo(out: Path, reporter: Reporter | None = None) -> dict:
     """Build the sample under OUT, label it, evaluate the labelled part, draw overlays.
 
     Returns the evaluation metrics (as written to OUT/eval.json).
     """
-    from zsplg.evaluate import evaluate_with_progress
+    # torch loads with the labeller: only here, so reading DemoConfig stays instant
     from zsplg.labeling.run import LabelConfig, run_label
 
-    console = console or Console(stderr=True)
+    reporter = or_silent(reporter)
     out = Path(out)
     started = time.perf_counter()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(out, f"cannot create the demo folder ({exc.strerror or exc})") from None
-    console.print(f"[bold]zsplg demo[/]: building the sample in {out}")
-    names = build_sample(out, console)
+    reporter.log(f"zsplg demo: building the sample in {out}")
+    names = build_sample(out, reporter)
 
     pseudo = out / "pseudo"
     # overwrite=True: a rerun into the same folder relabels every image.
     info = run_label(LabelConfig(classes=str(out / "classes.txt"), out=str(pseudo),
-                                 pair_list=str(out / "pairs.txt"), overwrite=True), console)
+                                 pair_list=str(out / "pairs.txt"), overwrite=True), reporter)
     if info["counts"]["failed"]:
         raise InputError(pseudo / "errors.jsonl",
                          f"{info['counts']['failed']} demo image(s) failed to label")
 
-    metrics, eval_json = evaluate_with_progress(pseudo / "labels", out / "eval_pairs.txt",
-                                                out / "classes.txt", out / "eval.json", console)
+    metrics, eval_json = run_eval(EvalConfig(pred=str(pseudo / "labels"),
+                                             pair_list=str(out / "eval_pairs.txt"),
+                                             classes=str(out / "classes.txt"),
+                                             json_path=str(out / "eval.json")), reporter)
     for name, _ in names:
         image = np.asarray(Image.open(out / "images" / f"{name}.png").convert("RGB"))
         with Image.open(pseudo / "labels" / "images" / f"{name}.png") as im:
@@ -198,12 +204,12 @@ def run_demo(out: Path, console: Console | None = None) -> dict:
     seconds = time.perf_counter() - started
     miou = metrics["miou"]
     labelled = ", ".join(f"{n} (with ground truth)" if gt else n for n, gt in names)
-    console.print(f"\n[bold]demo finished in {seconds:.0f} s[/]; images: {labelled}")
-    console.print(f"  images, ground truth   {out / 'images'}, {out / 'ground_truth'}")
-    console.print(f"  pair-list, classes     {out / 'pairs.txt'}, {out / 'classes.txt'}")
-    console.print(f"  pseudo labels          {pseudo / 'labels'} (+ confidence/, run.json)")
-    console.print(f"  overlays (look here)   {out / 'overlays'}")
-    console.print(f"  metrics                {eval_json}")
-    console.print("mIoU on the labelled subset: "
-                  + (f"{miou:.2f}" if miou is not None else "undefined"))
+    reporter.log(f"demo finished in {seconds:.0f} s; images: {labelled}")
+    reporter.log(f"  images, ground truth   {out / 'images'}, {out / 'ground_truth'}")
+    reporter.log(f"  pair-list, classes     {out / 'pairs.txt'}, {out / 'classes.txt'}")
+    reporter.log(f"  pseudo labels          {pseudo / 'labels'} (+ confidence/, run.json)")
+    reporter.log(f"  overlays (look here)   {out / 'overlays'}")
+    reporter.log(f"  metrics                {eval_json}")
+    reporter.log("mIoU on the labelled subset: "
+                 + (f"{miou:.2f}" if miou is not None else "undefined"))
     return metrics

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,10 +21,25 @@ import numpy as np
 from PIL import Image
 
 from zsplg import IGNORE_INDEX
+from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size
 from zsplg.data.labels import atomic_write_text
-from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions, write_confusion_csv
+from zsplg.data.run_folder import list_label_keys, match_samples
+from zsplg.data.sources import read_pair_list
+from zsplg.metrics import (
+    CONFUSION_ADVICE,
+    ConfusionMatrix,
+    compute_metrics,
+    format_confusions,
+    format_floors,
+    format_table,
+    top_confusions,
+    unnamed_advice,
+    unnamed_classes,
+    write_confusion_csv,
+)
+from zsplg.runtime.progress import Reporter, or_silent
 
 _COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"}
 
@@ -43,6 +59,14 @@ class SampleLike(Protocol):
 
 class LabelFormatError(ValueError):
     """A label/prediction file is not a single-channel index map."""
+
+
+class NoImageScoredError(InputError):
+    """Not one listed image could be scored, so there is no metric to report.
+
+    An InputError naming the predictions folder; the command exits 1 on it, since
+    the inputs were readable but do not belong together.
+    """
 
 
 def read_index_map(path: Path, what: str = "label") -> np.ndarray:
@@ -92,6 +116,27 @@ def _image_size_problem(sample: SampleLike, gt_shape: tuple[int, ...]) -> str | 
     return None
 
 
+def match_predictions(pred_dir: Path, samples: Sequence[SampleLike]) -> dict[str, list[str]]:
+    """Sample key -> the prediction keys that belong to it: its own key, else the
+    predictions with its file name when no other listed image has that name
+    (more than one such prediction is ambiguous; the caller refuses to guess).
+
+    Label runs key their outputs by the path they were given, so a folder labelled
+    from ``images/`` (key ``voc``) is still scored against a list whose entry is
+    keyed ``images/voc``. The rule is the report's (:func:`match_samples`).
+    """
+    pred_dir = Path(pred_dir)
+    listed = {s.key for s in samples}
+    exact = {key for key in listed if (pred_dir / f"{key}.png").is_file()}
+    found: dict[str, list[str]] = {key: [key] for key in exact}
+    if len(exact) < len(listed) and pred_dir.is_dir():
+        others = [key for key in list_label_keys(pred_dir) if key not in listed]
+        for key, sample in match_samples(others, list(samples)).items():  # type: ignore[arg-type]
+            if sample.key not in exact:
+                found.setdefault(sample.key, []).append(key)
+    return found
+
+
 def evaluate_folder(
     pred_dir: Path,
     samples: Sequence[SampleLike],
@@ -102,9 +147,12 @@ def evaluate_folder(
 ) -> tuple[dict[str, Any], ConfusionMatrix, list[dict[str, str]]]:
     """Score ``pred_dir/<key>.png`` against each labelled sample's gt.
 
-    Samples without a label are skipped silently. ``progress(done, total)`` is
-    called after every sample if given. Returns (metrics, matrix, errors); the
-    metrics gain "images_evaluated", "images_failed" and "top_confusions".
+    Samples without a label are skipped silently. A prediction is found by the
+    sample's key, else by its unique file name (:func:`match_predictions`).
+    ``progress(done, total)`` is called after every sample if given. Returns
+    (metrics, matrix, errors); the metrics gain "images_evaluated" (also as
+    "images_scored"), "images_listed" (samples with a label), "images_failed"
+    and "top_confusions".
 
     confidence_floors: for a `zsplg label` folder (PRED = OUT/labels), also
     score only the pixels whose confidence (OUT/confidence) reaches each floor,
@@ -127,6 +175,7 @@ def evaluate_folder(
     errors: list[dict[str, str]] = []
     evaluated = 0
     total = len(samples)
+    predictions = match_predictions(pred_dir, [s for s in samples if s.label is not None])
 
     def fail(key: str, path: Path, msg: str) -> None:
         errors.append({"key": key, "path": str(path), "error": msg})
@@ -136,11 +185,17 @@ def evaluate_folder(
             if sample.label is None:
                 continue
             gt_path = Path(sample.label)
-            pred_path = pred_dir / f"{sample.key}.png"
+            pred_keys = predictions.get(sample.key, [])
+            pred_path = pred_dir / f"{(pred_keys or [sample.key])[0]}.png"
             if not gt_path.is_file():
                 fail(sample.key, gt_path, "ground-truth file not found")
                 continue
-            if not pred_path.is_file():
+            if len(pred_keys) > 1:
+                fail(sample.key, pred_dir / f"{sample.key}.png",
+                     f"no prediction with this key, and {len(pred_keys)} with its file name "
+                     f"({', '.join(pred_keys[:3])}); cannot tell which is its own")
+                continue
+            if not pred_keys or not pred_path.is_file():
                 fail(sample.key, pred_path, "prediction file not found")
                 continue
             try:
@@ -197,6 +252,8 @@ def evaluate_folder(
 
     metrics = compute_metrics(cm, class_names)
     metrics["images_evaluated"] = evaluated
+    metrics["images_scored"] = evaluated
+    metrics["images_listed"] = sum(s.label is not None for s in samples)
     metrics["images_failed"] = len(errors)
     metrics["top_confusions"] = top_confusions(cm, class_names)
     if floors:
@@ -254,54 +311,89 @@ def default_json_path(pred_dir: Path) -> Path:
     return pred_dir.parent / "eval.json" if pred_dir.name == "labels" else pred_dir / "eval.json"
 
 
-def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
-                           json_path: Path | None = None, console=None,
-                           confidence_floors: Sequence[float] = ()) -> tuple[dict, Path]:
-    """The `zsplg eval` command: evaluate, print the table, write JSON + CSV."""
-    from rich.console import Console
-    from rich.markup import escape
+@dataclass
+class EvalConfig:
+    """The settings of ``zsplg eval``: one field per option."""
 
-    from zsplg.cli.console import make_progress
-    from zsplg.data.classes import load_class_spec
-    from zsplg.data.errors import InputError
-    from zsplg.data.sources import read_pair_list
-    from zsplg.metrics import (
-        CONFUSION_ADVICE,
-        format_confusions,
-        format_floors,
-        format_table,
-        unnamed_advice,
-        unnamed_classes,
-    )
+    pred: str
+    pair_list: str
+    classes: str
+    json_path: str | None = None
+    confidence_floors: list[float] = field(default_factory=list)
 
-    console = console or Console(stderr=True)
-    spec = load_class_spec(classes)
-    samples = read_pair_list(pair_list)
-    if not Path(pred_dir).is_dir():
+    def validate(self) -> None:
+        """Fail before any file is read, naming the setting."""
+        bad = [f for f in self.confidence_floors if not 0.0 <= float(f) <= 1.0]
+        if bad:
+            raise ValueError(f"confidence floors must be in [0, 1], got "
+                             f"{sorted({float(f) for f in self.confidence_floors})}")
+
+
+def _examples(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:3])
+    return shown + (", ..." if len(keys) > 3 else "")
+
+
+def run_eval(config: EvalConfig, reporter: Reporter | None = None) -> tuple[dict, Path]:
+    """The `zsplg eval` command: evaluate, report the tables, write JSON + CSV.
+
+    Returns (metrics, path of the metrics JSON). Raises InputError for unusable
+    inputs, and :class:`NoImageScoredError` (an InputError) when not one listed
+    image could be scored, so a key mismatch is never a silent "mIoU undefined".
+    """
+    config.validate()
+    reporter = or_silent(reporter)
+    pred_dir = Path(config.pred)
+    spec = load_class_spec(config.classes)
+    samples = read_pair_list(config.pair_list)
+    if not pred_dir.is_dir():
         raise InputError(str(pred_dir), "predictions folder not found")
-    if not any(s.label for s in samples):
-        raise InputError(str(pair_list), "no line names a ground-truth label")
-    with make_progress(console) as progress:
-        task = progress.add_task("eval", total=len(samples))
+    labelled = [s for s in samples if s.label]
+    if not labelled:
+        raise InputError(str(config.pair_list), "no line names a ground-truth label")
+    if not match_predictions(pred_dir, labelled):
+        pred_keys = list_label_keys(pred_dir)
+        if not pred_keys:
+            raise NoImageScoredError(pred_dir, "no image was scored: the folder holds no "
+                                               "prediction PNGs")
+        raise NoImageScoredError(
+            pred_dir, f"no image was scored: prediction keys ({_examples(pred_keys)}) do not "
+                      f"match the list {config.pair_list} ({_examples([s.key for s in labelled])}"
+                      "), by key or by unique file name")
+    with reporter.task("eval", total=len(samples)) as task:
         metrics, cm, errors = evaluate_folder(
-            Path(pred_dir), samples, spec.names, spec.ignore_index,
-            progress=lambda done, total: progress.update(task, completed=done),
-            confidence_floors=confidence_floors)
+            pred_dir, samples, spec.names, spec.ignore_index,
+            progress=lambda done, total: task.update(completed=done),
+            confidence_floors=config.confidence_floors)
     for error in errors[:10]:
-        console.print(f"[yellow]skipped[/] {error['path']}: {error['error']}")
+        reporter.log(f"skipped {error['path']}: {error['error']}", level="warning")
     if len(errors) > 10:
-        console.print(f"[yellow]... and {len(errors) - 10} more (see the JSON)[/]")
+        reporter.log(f"... and {len(errors) - 10} more (see the JSON)", level="warning")
     metrics["errors"] = errors
-    metrics["inputs"] = {"pred": str(pred_dir), "list": str(pair_list), "classes": spec.to_dict(),
-                         "ignore_index": spec.ignore_index}
-    console.print(format_table(metrics))
+    metrics["inputs"] = {"pred": str(pred_dir), "list": str(config.pair_list),
+                         "classes": spec.to_dict(), "ignore_index": spec.ignore_index}
+    reporter.table(*format_table(metrics))
     if metrics["top_confusions"]:
-        console.print(format_confusions(metrics["top_confusions"], "top confusions"))
-        console.print(CONFUSION_ADVICE)
+        reporter.table(*format_confusions(metrics["top_confusions"], "top confusions"))
+        reporter.log(CONFUSION_ADVICE)
     if unnamed := unnamed_classes(metrics):
-        console.print(escape(unnamed_advice(unnamed)))
+        reporter.log(unnamed_advice(unnamed))
     if metrics.get("confidence_floors"):
-        console.print(format_floors(metrics["confidence_floors"]))
-    json_path = Path(json_path) if json_path else default_json_path(Path(pred_dir))
+        reporter.table(*format_floors(metrics["confidence_floors"]))
+    json_path = Path(config.json_path) if config.json_path else default_json_path(pred_dir)
     write_eval_outputs(json_path, metrics, cm, spec.names, errors)
+    reporter.log(f"scored {metrics['images_scored']} of {metrics['images_listed']} images")
+    if not metrics["images_scored"]:
+        raise NoImageScoredError(pred_dir, f"no image was scored: each of the "
+                                           f"{len(errors)} failed (see {errors_path(json_path)})")
     return metrics, json_path
+
+
+def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
+                           json_path: Path | None = None, reporter: Reporter | None = None,
+                           confidence_floors: Sequence[float] = ()) -> tuple[dict, Path]:
+    """:func:`run_eval` for callers that hold paths rather than an :class:`EvalConfig`."""
+    return run_eval(EvalConfig(pred=str(pred_dir), pair_list=str(pair_list),
+                               classes=str(classes),
+                               json_path=str(json_path) if json_path else None,
+                               confidence_floors=list(confidence_floors)), reporter)

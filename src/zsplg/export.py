@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
-from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -30,16 +30,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from rich.console import Console
-from rich.markup import escape
-from skimage.measure import label as connected_components
 
 from zsplg import __version__
-from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
-from zsplg.data.labels import atomic_write_text, read_label, voc_colormap, write_label_png
+from zsplg.data.labels import atomic_write_text, read_label, write_label_png
+from zsplg.data.overlay import overlay
 from zsplg.data.run_folder import (
     labels_dir,
     list_label_keys,
@@ -51,32 +48,71 @@ from zsplg.data.run_folder import (
     source_samples,
 )
 from zsplg.data.sources import Sample
+from zsplg.runtime.progress import Reporter, or_silent
 
 EXPORT_FORMATS = ("coco", "overlay", "index")
 OVERLAY_FORMATS = ("jpg", "png")
 
 
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass
+class ExportConfig:
+    """The settings of ``zsplg export``: one field per option."""
+
+    source: str
+    to: str
+    out: str
+    classes: str | None = None
+    images: str | None = None
+    pair_list: str | None = None
+    with_background: bool = False
+    per_component: bool = False
+    alpha: float = 0.5
+    image_format: str = "jpg"
+
+    def validate(self) -> None:
+        """Fail before any file is read, in the words of the command's options."""
+        if self.to not in EXPORT_FORMATS:
+            raise ValueError(f"--to must be one of {', '.join(EXPORT_FORMATS)}, got {self.to!r}")
+        if self.images is not None and self.pair_list is not None:
+            raise ValueError("give either --images DIR or --list PAIRS, not both")
+        if self.to == "overlay":
+            check_overlay_options(self.alpha, self.image_format)
+
+
+def check_overlay_options(alpha: float, image_format: str) -> None:
+    if image_format not in OVERLAY_FORMATS:
+        raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, "
+                         f"got {image_format!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+
+
+def run_export(config: ExportConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """The `zsplg export` command: the summary of :func:`export_coco`,
+    :func:`export_overlays` or :func:`export_index`, as ``config.to`` says."""
+    config.validate()
+    if config.to == "coco":
+        return export_coco(config.source, config.out, config.classes, config.images,
+                           config.pair_list, config.with_background, config.per_component,
+                           reporter=reporter)
+    if config.to == "overlay":
+        return export_overlays(config.source, config.out, config.images, config.pair_list,
+                               config.classes, config.alpha, config.image_format,
+                               reporter=reporter)
+    return export_index(config.source, config.out, config.classes, reporter=reporter)
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
-@contextlib.contextmanager
-def _progress(console: Console | None, total: int, what: str) -> Iterator[Callable[[], None]]:
-    """An advance() callback; a rich bar with ETA when a console is given."""
-    if console is None:
-        yield lambda: None
-        return
-    with make_progress(console) as progress:
-        task = progress.add_task(what, total=total)
-        yield lambda: progress.advance(task)
-
-
-def _warn(console: Console | None, failures: list[dict[str, str]]) -> None:
-    if console is None:
-        return
+def _warn(reporter: Reporter, failures: list[dict[str, str]]) -> None:
     for failure in failures[:10]:
-        console.print(f"[yellow]skipped[/] {escape(failure['key'])}: {escape(failure['error'])}")
+        reporter.log(f"skipped {failure['key']}: {failure['error']}", level="warning")
     if len(failures) > 10:
-        console.print(f"[yellow]... and {len(failures) - 10} more[/]")
+        reporter.log(f"... and {len(failures) - 10} more", level="warning")
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -125,6 +161,9 @@ def label_annotations(label: np.ndarray, spec: ClassSpec, include_background: bo
             continue
         mask = label == class_id
         if per_component:
+            # scikit-image loads scipy: only here, so reading ExportConfig stays instant
+            from skimage.measure import label as connected_components
+
             regions, count = connected_components(mask, connectivity=2, return_num=True)
             masks = [regions == i for i in range(1, count + 1)]
         else:
@@ -175,12 +214,13 @@ def export_coco(label_dir: str | PathLike[str], out_json: str | PathLike[str],
                 images: str | PathLike[str] | None = None,
                 pair_list: str | PathLike[str] | None = None,
                 include_background: bool = False, per_component: bool = False,
-                console: Console | None = None) -> dict[str, Any]:
+                reporter: Reporter | None = None) -> dict[str, Any]:
     """Write one COCO JSON for every label PNG in ``label_dir``.
 
     Images (optional) only decide ``file_name``; sizes come from the labels,
     which always match their images. Returns a summary (counts, failures, path).
     """
+    reporter = or_silent(reporter)
     folder = labels_dir(label_dir)
     run_info = read_run_info(label_dir)
     spec = resolve_spec(label_dir, classes, run_info)
@@ -193,7 +233,7 @@ def export_coco(label_dir: str | PathLike[str], out_json: str | PathLike[str],
     coco_images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
-    with _progress(console, len(keys), "coco") as advance:
+    with reporter.task("coco", total=len(keys)) as task:
         for key in keys:
             path = folder / f"{key}.png"
             try:
@@ -201,7 +241,7 @@ def export_coco(label_dir: str | PathLike[str], out_json: str | PathLike[str],
                                    ignore_index=spec.ignore_index)
             except InputError as exc:
                 failures.append({"key": key, "path": str(path), "error": exc.reason})
-                advance()
+                task.advance()
                 continue
             image_id = len(coco_images) + 1
             entry: dict[str, Any] = {
@@ -213,7 +253,7 @@ def export_coco(label_dir: str | PathLike[str], out_json: str | PathLike[str],
             coco_images.append(entry)
             for ann in label_annotations(label, spec, include_background, per_component):
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **ann})
-            advance()
+            task.advance()
     coco = {
         "info": {
             "description": f"zsplg pseudo labels from {folder}",
@@ -235,7 +275,7 @@ def export_coco(label_dir: str | PathLike[str], out_json: str | PathLike[str],
         atomic_write_text(out, json.dumps(coco, separators=(",", ":")) + "\n")
     except OSError as exc:
         raise InputError(out, f"cannot write ({exc.strerror or exc})") from None
-    _warn(console, failures)
+    _warn(reporter, failures)
     return {"format": "coco", "out": str(out), "images": len(coco_images),
             "annotations": len(annotations), "categories": len(coco["categories"]),
             "images_with_file": len(matched), "failed": failures}
@@ -276,13 +316,14 @@ def _class_mapping(path: Path, coco: dict[str, Any], spec: ClassSpec | None,
 
 def export_index(coco_json: str | PathLike[str], out_dir: str | PathLike[str],
                  classes: str | PathLike[str] | None = None,
-                 console: Console | None = None) -> dict[str, Any]:
+                 reporter: Reporter | None = None) -> dict[str, Any]:
     """COCO JSON -> ``out_dir/<key>.png`` index maps (the labels' own format).
 
     Pixels: the recorded ``ignore_mask`` -> ignore, annotated -> its class (later
     annotations paint over earlier ones), the rest -> background, or ignore when
     there is no background class. Exact inverse of :func:`export_coco`.
     """
+    reporter = or_silent(reporter)
     path = Path(coco_json)
     if path.is_dir():
         raise InputError(path, "expected a COCO JSON file for --to index, got a folder")
@@ -299,7 +340,7 @@ def export_index(coco_json: str | PathLike[str], out_dir: str | PathLike[str],
     out = Path(out_dir)
     written = 0
     failures: list[dict[str, str]] = []
-    with _progress(console, len(coco["images"]), "index") as advance:
+    with reporter.task("index", total=len(coco["images"])) as task:
         for entry in coco["images"]:
             key = str(entry.get("key") or Path(str(entry.get("file_name", ""))).with_suffix(""))
             try:
@@ -319,19 +360,12 @@ def export_index(coco_json: str | PathLike[str], out_dir: str | PathLike[str],
                 failures.append({"key": key, "path": str(path), "error": f"image {key}: {exc}"})
             except OSError as exc:
                 raise InputError(out, f"cannot write ({exc.strerror or exc})") from None
-            advance()
-    _warn(console, failures)
+            task.advance()
+    _warn(reporter, failures)
     return {"format": "index", "out": str(out), "images": written, "failed": failures}
 
 
 # --------------------------------------------------------------------------- overlays
-
-
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """An RGB image blended with its label's palette colours (the label PNGs' colours)."""
-    colours = voc_colormap()[label].astype(np.float32)
-    mixed = (1.0 - alpha) * image.astype(np.float32) + alpha * colours
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 def read_image_for_label(image_path: Path, label: np.ndarray) -> np.ndarray:
@@ -348,17 +382,14 @@ def export_overlays(label_dir: str | PathLike[str], out_dir: str | PathLike[str]
                     pair_list: str | PathLike[str] | None = None,
                     classes: str | PathLike[str] | None = None, alpha: float = 0.5,
                     image_format: str = "jpg", quality: int = 90,
-                    console: Console | None = None) -> dict[str, Any]:
+                    reporter: Reporter | None = None) -> dict[str, Any]:
     """Write ``out_dir/<key>.<jpg|png>``: each image blended with its label colours.
 
     Images come from ``images``/``pair_list`` or, by default, the source run.json
     recorded. A label without an image, or of another size, is reported and skipped.
     """
-    if image_format not in OVERLAY_FORMATS:
-        raise ValueError(f"overlay format must be one of {', '.join(OVERLAY_FORMATS)}, "
-                         f"got {image_format!r}")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    check_overlay_options(alpha, image_format)
+    reporter = or_silent(reporter)
     folder = labels_dir(label_dir)
     run_info = read_run_info(label_dir)
     ignore_index = 255
@@ -375,7 +406,7 @@ def export_overlays(label_dir: str | PathLike[str], out_dir: str | PathLike[str]
     out = Path(out_dir)
     written = 0
     failures: list[dict[str, str]] = []
-    with _progress(console, len(keys), "overlay") as advance:
+    with reporter.task("overlay", total=len(keys)) as task:
         for key in keys:
             try:
                 if key not in matched:
@@ -394,6 +425,6 @@ def export_overlays(label_dir: str | PathLike[str], out_dir: str | PathLike[str]
                 failures.append({"key": key, "path": exc.path, "error": str(exc)})
             except OSError as exc:
                 raise InputError(out, f"cannot write ({exc.strerror or exc})") from None
-            advance()
-    _warn(console, failures)
+            task.advance()
+    _warn(reporter, failures)
     return {"format": "overlay", "out": str(out), "images": written, "failed": failures}

@@ -15,11 +15,9 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
-from rich.markup import escape
-from rich.table import Table
 
 from zsplg import IGNORE_INDEX
 
@@ -180,31 +178,40 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def format_table(metrics: dict[str, Any]) -> Table:
-    """Per-class rich table with a closing summary row, for console reports."""
-    table = Table(title="Pseudo-label evaluation")
-    table.add_column("Class")
-    table.add_column("IoU", justify="right")
-    table.add_column("Precision", justify="right")
-    table.add_column("Recall", justify="right")
-    table.add_column("GT pixels", justify="right")
-    for row in metrics["per_class"]:
-        table.add_row(
-            str(row["name"]),
-            _fmt(row["iou"]),
-            _fmt(row["precision"]),
-            _fmt(row["recall"]),
-            f"{row['gt_pixels']:,}",
-        )
-    table.add_section()
-    table.add_row(
-        "[bold]mIoU / pixel acc / coverage[/bold]",
-        f"[bold]{_fmt(metrics.get('miou'))}[/bold]",
-        f"acc {_fmt(metrics.get('pixel_accuracy'))}",
-        f"cov {_fmt(metrics.get('coverage'))}",
-        f"{metrics.get('valid_pixels', sum(r['gt_pixels'] for r in metrics['per_class'])):,}",
-    )
-    return table
+class TableData(NamedTuple):
+    """A table as plain strings, so the library decides the content and the caller
+    (``Reporter.table``, a notebook, a log file) decides how it looks."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+    @property
+    def row_count(self) -> int:
+        return len(self.rows)
+
+    def __str__(self) -> str:
+        """Aligned plain text: the first column left, the others right."""
+        grid = [self.columns, *self.rows]
+        widths = [max(len(row[i]) for row in grid) for i in range(len(self.columns))]
+        lines = [self.title]
+        for row in grid:
+            cells = [cell.ljust(w) if i == 0 else cell.rjust(w)
+                     for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+            lines.append("  ".join(cells).rstrip())
+        return "\n".join(lines)
+
+
+def format_table(metrics: dict[str, Any]) -> TableData:
+    """Per-class scores with a closing summary row, for console reports."""
+    rows = [[str(row["name"]), _fmt(row["iou"]), _fmt(row["precision"]), _fmt(row["recall"]),
+             f"{row['gt_pixels']:,}"] for row in metrics["per_class"]]
+    valid = metrics.get("valid_pixels", sum(r["gt_pixels"] for r in metrics["per_class"]))
+    rows.append(["mIoU / pixel acc / coverage", _fmt(metrics.get("miou")),
+                 f"acc {_fmt(metrics.get('pixel_accuracy'))}",
+                 f"cov {_fmt(metrics.get('coverage'))}", f"{valid:,}"])
+    return TableData("Pseudo-label evaluation",
+                     ["Class", "IoU", "Precision", "Recall", "GT pixels"], rows)
 
 
 def write_confusion_csv(path: str | Path, cm: ConfusionMatrix, class_names: list[str]) -> None:
@@ -241,28 +248,23 @@ def unnamed_advice(names: list[str]) -> str:
             "(`zsplg calibrate --mode auto` on labelled images).")
 
 
-def format_floors(floors: list[dict[str, Any]]) -> Table:
+def format_floors(floors: list[dict[str, Any]]) -> TableData:
     """Scores of the pixels labelled at least this sure, and how many those are."""
-    table = Table(title="only pixels at least this confident")
-    for column in ("confidence >=", "kept % of gt", "mIoU", "pixel acc", "lowest precision"):
-        table.add_column(column, justify="right")
+    rows = []
     for row in floors:
         precisions = [c["precision"] for c in row["per_class"] if c["precision"] is not None]
-        table.add_row(f"{row['floor']:g}", _fmt(row["kept"]), _fmt(row["miou"]),
-                      _fmt(row["pixel_accuracy"]), _fmt(min(precisions) if precisions else None))
-    return table
+        rows.append([f"{row['floor']:g}", _fmt(row["kept"]), _fmt(row["miou"]),
+                     _fmt(row["pixel_accuracy"]), _fmt(min(precisions) if precisions else None)])
+    return TableData("only pixels at least this confident",
+                     ["confidence >=", "kept % of gt", "mIoU", "pixel acc", "lowest precision"],
+                     rows)
 
 
-def format_confusions(confusions: list[dict[str, Any]], title: str) -> Table:
+def format_confusions(confusions: list[dict[str, Any]], title: str) -> TableData:
     """The audit: which ground-truth class is labelled as which, most often."""
-    table = Table(title=title)
-    for column, justify in (("ground truth", "left"), ("labelled as", "left"),
-                            ("pixels", "right"), ("% of gt class", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for item in confusions:
-        table.add_row(escape(item["gt"]), escape(item["pred"]), f"{item['pixels']:,}",
-                      f"{item['share_of_gt']:.1f}")
-    return table
+    rows = [[str(item["gt"]), str(item["pred"]), f"{item['pixels']:,}",
+             f"{item['share_of_gt']:.1f}"] for item in confusions]
+    return TableData(title, ["ground truth", "labelled as", "pixels", "% of gt class"], rows)
 
 
 def top_confusions(

@@ -128,9 +128,9 @@ class FewShotHead:
 def head_columns(head_log_probs: np.ndarray, column_ids: list[int | None]) -> np.ndarray:
     """Reorder a head's (M, C) spec-id log-probs into the annotator's columns.
 
-    column_ids[k] is the spec id of column k; None for column 0 of a spec
-    without background (the "no class matches" column, which a head trained
-    on labelled classes cannot score: it gets the floor).
+    column_ids: `zsplg.labeling.painting.ScoreColumns.ids`. Its None (the "no
+    class matches" column of a spec without background) is a column a head
+    trained on labelled classes cannot score: it gets the floor.
     """
     out = np.full((head_log_probs.shape[0], len(column_ids)), LOG_FLOOR, dtype=np.float32)
     for column, class_id in enumerate(column_ids):

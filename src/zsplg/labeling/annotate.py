@@ -8,7 +8,7 @@ nothing is similar enough.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -16,62 +16,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from zsplg import IGNORE_INDEX
-from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES, UNKNOWN_POLICIES
+from zsplg.labeling.painting import (
+    MASK_CHUNK,
+    ScoreColumns,
+    paint_average,
+    paint_order,
+    paint_ordered,
+)
+from zsplg.labeling.settings import AnnotatorConfig
 from zsplg.masks.base import MaskProposals
 from zsplg.vl.base import DenseVisionLanguageModel
-
-_MASK_CHUNK = 64
-
-
-@dataclass(frozen=True)
-class AnnotatorConfig:
-    """How scores become labels.
-
-    background_threshold: the text similarity a visual concept must beat to
-        count as a class, else it is background (or ignore when the spec has
-        no background). None: the backend's default (its similarity scale is
-        its own: CLIP cosines are not MiniLM cosines).
-    temperature: softmax temperature over [background, classes...]
-        similarities; None: the backend's default.
-    overlap: which mask decides a pixel covered by several masks. Default
-        "average" (each pixel takes the mean class distribution of the masks
-        covering it): on voc2012-mini train it beat "small-on-top" by 1 to 3
-        mIoU for every mask setting tried (e.g. 30.0 vs 27.9).
-    uncovered: what a pixel no mask covers becomes.
-    unknown: with a class spec that has no background class, what a mask no
-        class is similar enough to becomes: "ignore" (255, the paper's rule)
-        or "best-class" (its most probable class; the confidence map still
-        says how sure). Default "ignore": on CamVid val (no background class)
-        "best-class" labelled every pixel but scored lower (3.9 against 4.4
-        mIoU with ConSE), since below the threshold the class ranking is
-        noise. Specs with a background class are unaffected.
-    min_confidence: covered pixels whose confidence is below this become
-        255 (ignore), so a trainer or exporter uses only the labels the
-        labeller is sure of (the confidence map keeps every value). 0 keeps all.
-    """
-
-    background_threshold: float | None = None
-    temperature: float | None = None
-    overlap: str = "average"
-    uncovered: str = "ignore"
-    unknown: str = "ignore"
-    min_confidence: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.overlap not in OVERLAP_POLICIES:
-            raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {self.overlap!r}")
-        if self.uncovered not in UNCOVERED_POLICIES:
-            raise ValueError(f"uncovered must be one of {UNCOVERED_POLICIES}, "
-                             f"got {self.uncovered!r}")
-        if self.unknown not in UNKNOWN_POLICIES:
-            raise ValueError(f"unknown must be one of {UNKNOWN_POLICIES}, got {self.unknown!r}")
-        if self.temperature is not None and self.temperature <= 0:
-            raise ValueError("temperature must be positive")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -119,9 +73,8 @@ def pool_masks(features: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
     ux = _linear_upsampling_matrix(w, width)  # (W, w)
     flat_features = features.reshape(d, h * w).T.float().cpu()
     pooled, area = [], []
-    # Chunks bound the float copy of the masks (N x H x W) at 1024 px images.
-    for start in range(0, n, _MASK_CHUNK):
-        m = torch.as_tensor(masks[start:start + _MASK_CHUNK]).float()
+    for start in range(0, n, MASK_CHUNK):
+        m = torch.as_tensor(masks[start:start + MASK_CHUNK]).float()
         k = m.shape[0]
         coarse = (m.reshape(k * height, width) @ ux).reshape(k, height, w)
         coarse = torch.einsum("Hh,nHw->nhw", uy, coarse)  # (k, h, w) soft mask weights
@@ -152,9 +105,8 @@ class Annotator:
                           else self.config.background_threshold)
         self.temperature = (model.default_temperature if self.config.temperature is None
                             else self.config.temperature)
-        fallback = IGNORE_INDEX if background_id is None else background_id
-        # Column k of the probability matrix -> spec id (column 0 = background).
-        self.column_to_id = np.concatenate([[fallback], self.class_ids]).astype(np.int64)
+        self.columns = ScoreColumns(tuple(int(i) for i in class_ids), background_id)
+        self.column_to_id = self.columns.label_ids()  # column k of the probabilities -> id
 
     def resolved_config(self) -> dict:
         return {**self.config.to_dict(), "background_threshold": self.threshold,
@@ -167,73 +119,30 @@ class Annotator:
 
     def annotate_pooled(self, proposals: MaskProposals, pooled: torch.Tensor) -> Annotation:
         """Name already-pooled (N, D) mask features and paint the maps."""
+        uncovered_id = self.columns.uncovered_id(self.config.uncovered)
         if len(proposals) == 0:
             height, width = proposals.image_size
-            fill = (self.background_id if self.config.uncovered == "background"
-                    and self.background_id is not None else IGNORE_INDEX)
-            return Annotation(label=np.full((height, width), fill, dtype=np.uint8),
+            return Annotation(label=np.full((height, width), uncovered_id, dtype=np.uint8),
                               confidence=np.zeros((height, width), dtype=np.float32),
                               mask_classes=np.zeros(0, dtype=np.int64),
                               mask_confidence=np.zeros(0, dtype=np.float32))
         probs = self.model.class_probabilities(pooled, self.text_embeddings, self.threshold,
                                                self.temperature).float().numpy()
-        if self.background_id is None and self.config.unknown == "best-class":
+        if self.columns.drops_no_class(self.config.unknown):
             probs = _without_unknown(probs)
         best = probs.argmax(axis=1)
         mask_classes = self.column_to_id[best]
         mask_confidence = probs.max(axis=1).astype(np.float32)
         if self.config.overlap == "average":
-            label, confidence, covered = self._paint_average(proposals, probs)
+            label, confidence, covered = paint_average(proposals.masks, probs, self.column_to_id)
         else:
-            label, confidence, covered = self._paint_ordered(proposals, mask_classes,
-                                                             mask_confidence)
+            order = paint_order(self.config.overlap, proposals.areas, mask_confidence)
+            label, confidence, covered = paint_ordered(proposals.masks, order, mask_classes,
+                                                       mask_confidence)
         # Float sums of probabilities can land a hair outside [0, 1].
         np.clip(confidence, 0.0, 1.0, out=confidence)
         if self.config.min_confidence > 0:
             label[covered & (confidence < self.config.min_confidence)] = IGNORE_INDEX
-        if self.config.uncovered == "background" and self.background_id is not None:
-            label[~covered] = self.background_id
+        label[~covered] = uncovered_id
         return Annotation(label=label, confidence=confidence, mask_classes=mask_classes,
                           mask_confidence=mask_confidence)
-
-    def _paint_order(self, proposals: MaskProposals, mask_confidence: np.ndarray) -> np.ndarray:
-        """Indices in painting order: the last painted wins a pixel."""
-        policy = self.config.overlap
-        if policy == "small-on-top":
-            return np.argsort(-proposals.areas, kind="stable")
-        if policy == "large-on-top":
-            return np.argsort(proposals.areas, kind="stable")
-        return np.argsort(mask_confidence, kind="stable")  # "confidence"
-
-    def _paint_ordered(self, proposals: MaskProposals, mask_classes: np.ndarray,
-                       mask_confidence: np.ndarray):
-        height, width = proposals.image_size
-        label = np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
-        confidence = np.zeros((height, width), dtype=np.float32)
-        covered = np.zeros((height, width), dtype=bool)
-        # One vectorised assignment per mask; painting order is the policy.
-        for index in self._paint_order(proposals, mask_confidence):
-            mask = proposals.masks[index]
-            label[mask] = mask_classes[index]
-            confidence[mask] = mask_confidence[index]
-            covered |= mask
-        return label, confidence, covered
-
-    def _paint_average(self, proposals: MaskProposals, probs: np.ndarray):
-        """Each pixel takes the mean class distribution of the masks covering it."""
-        n, (height, width) = len(proposals), proposals.image_size
-        summed = torch.zeros((probs.shape[1], height * width))
-        counts = torch.zeros(height * width)
-        for start in range(0, n, _MASK_CHUNK):
-            chunk = proposals.masks[start:start + _MASK_CHUNK]
-            masks = torch.from_numpy(chunk.reshape(-1, height * width)).float()
-            summed += torch.from_numpy(probs[start:start + _MASK_CHUNK]).float().T @ masks
-            counts += masks.sum(dim=0)
-        covered = (counts > 0).numpy().reshape(height, width)
-        mean = summed / counts.clamp_min(1.0)
-        confidence, column = mean.max(dim=0)
-        label = self.column_to_id[column.numpy()].astype(np.uint8).reshape(height, width)
-        label[~covered] = IGNORE_INDEX
-        confidence = confidence.numpy().reshape(height, width).astype(np.float32)
-        confidence[~covered] = 0.0
-        return label, confidence, covered

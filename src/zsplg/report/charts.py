@@ -3,7 +3,8 @@
 The report must open on an offline machine and be mailed as one file, so no
 charting library is loaded from anywhere: each chart is a small SVG string
 with a ``<title>`` tooltip on every mark. Every function returns markup that
-is safe to paste into HTML (all text is escaped here).
+is safe to paste into HTML (all text is escaped here), so the page template
+may mark it safe.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def bar_chart(labels: Sequence[str], values: Sequence[float | None], title: str,
     height = top + row * len(labels) + 24
     total = left + width + right
     scale = max(max_value, max((v for v in values if v is not None), default=0.0)) or 1.0
-    parts = [f'<svg class="chart {css_class}" xmlns="http://www.w3.org/2000/svg" '
+    parts = [f'<svg class="chart {escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {total} {height}" width="{total}" height="{height}" role="img" '
              f'aria-label="{escape(title)}" {_FONT} font-size="12">',
              f'<text x="{left}" y="16" font-weight="600">{escape(title)}</text>']
@@ -171,8 +172,9 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float | Non
             clean.append((name, [p[0] for p in pts], [p[1] for p in pts]))
     all_x = [x for _, xs, _ in clean for x in xs] or [0.0, 1.0]
     all_y = [y for _, _, ys in clean for y in ys] or [0.0, 1.0]
-    x_ticks = nice_ticks(min(all_x), max(all_x), 6)
-    y_ticks = nice_ticks(min(all_y), max(all_y), 5)
+    single = bool(clean) and all(len(xs) == 1 for _, xs, _ in clean)
+    x_ticks = nice_ticks(*_padded(min(all_x), max(all_x)), 6)
+    y_ticks = nice_ticks(*_padded(min(all_y), max(all_y), 0.25 if single else 0.0), 5)
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
     def px(x: float) -> float:
@@ -181,7 +183,7 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float | Non
     def py(y: float) -> float:
         return top + plot_h - plot_h * (y - y0) / ((y1 - y0) or 1.0)
 
-    parts = [f'<svg class="chart {css_class}" xmlns="http://www.w3.org/2000/svg" '
+    parts = [f'<svg class="chart {escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
              f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
              f'aria-label="{escape(title)}" {_FONT} font-size="11">',
              f'<text x="{left}" y="18" font-weight="600" font-size="12">{escape(title)}</text>',
@@ -205,8 +207,20 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float | Non
     if not clean:
         parts.append(f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" '
                      f'text-anchor="middle" fill="#999">no data</text>')
+    if single:
+        parts.append(f'<text class="chart-note" x="{left + plot_w - 6}" y="{top + 14}" '
+                     f'text-anchor="end" fill="#666">one step logged</text>')
     for k, (name, xs, ys) in enumerate(clean):
         colour = SERIES_COLOURS[k % len(SERIES_COLOURS)]
+        if len(xs) == 1:  # a polyline of one point draws nothing: a marker and its value
+            x, y = xs[0], ys[0]
+            parts.append(f'<circle class="point" cx="{px(x):.1f}" cy="{py(y):.1f}" r="5" '
+                         f'fill="{colour}"><title>{escape(name)} @ {_tick_label(x)}: '
+                         f'{y:.4g}</title></circle>'
+                         f'<text class="point-value" x="{px(x) + 9:.1f}" '
+                         f'y="{py(y) + 4:.1f}" fill="{colour}">{y:.4g}</text>')
+            parts.append(_legend_entry(left + 140 * k, top, colour, name))
+            continue
         xs, ys = _downsample(xs, ys)
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys, strict=True))
         parts.append(f'<polyline class="series" fill="none" stroke="{colour}" '
@@ -217,8 +231,22 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float | Non
                 parts.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.5" '
                              f'fill="{colour}"><title>{escape(name)} @ {_tick_label(x)}: '
                              f'{y:.4g}</title></circle>')
-        lx = left + 140 * k  # legend: one row between the title and the plot
-        parts.append(f'<rect x="{lx}" y="{top - 14}" width="12" height="3" fill="{colour}"/>'
-                     f'<text x="{lx + 16}" y="{top - 9}">{escape(_short(name, 20))}</text>')
+        parts.append(_legend_entry(left + 140 * k, top, colour, name))
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _legend_entry(x: int, top: int, colour: str, name: str) -> str:
+    """One legend item, in the row between the title and the plot."""
+    return (f'<rect x="{x}" y="{top - 14}" width="12" height="3" fill="{colour}"/>'
+            f'<text x="{x + 16}" y="{top - 9}">{escape(_short(name, 20))}</text>')
+
+
+def _padded(low: float, high: float, margin: float = 0.0) -> tuple[float, float]:
+    """The axis range: lone points (one value, or one step per series) sit inside the plot,
+    not on its edge, where a marker and its value would be cut off."""
+    if high > low:
+        pad = (high - low) * margin
+        return low - pad, high + pad
+    half = abs(low) / 2 or 1.0
+    return low - half, high + half

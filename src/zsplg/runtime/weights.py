@@ -36,17 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-
 from zsplg.runtime.cache import cache_dir
+from zsplg.runtime.progress import Reporter, or_silent
 
 KINDS = ("sam", "sam2", "clip", "backbone", "packaged")
 CHUNK = 1 << 20
@@ -330,18 +321,6 @@ def _open(url: str) -> http.client.HTTPResponse:
     return urllib.request.urlopen(request, timeout=TIMEOUT_S)
 
 
-def _progress(console: Console | None) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-    )
-
-
 @contextlib.contextmanager
 def _temp_file(directory: Path, filename: str) -> Iterator[tuple[BinaryIO, Path]]:
     """A hidden .part file next to the target, removed unless the caller renamed it."""
@@ -365,7 +344,7 @@ def _check_space(directory: Path, needed: int | None) -> None:
 
 
 def fetch(name: str, force: bool = False, progress: bool = True,
-          console: Console | None = None) -> Path:
+          reporter: Reporter | None = None) -> Path:
     """Download the weights into weights_dir() and return their path: streamed to a temp
     file, sha256 computed on the way and compared with the registry (full digest or
     prefix), then renamed into place; a mismatch deletes the temp file and raises
@@ -382,8 +361,8 @@ def fetch(name: str, force: bool = False, progress: bool = True,
     if target.exists() and not force:
         if verify(name, target):
             return target
-        if console is not None:
-            console.print(f"{target} does not match the registered checksum: downloading again")
+        or_silent(reporter).log(f"{target} does not match the registered checksum: "
+                                f"downloading again", level="warning")
     target.parent.mkdir(parents=True, exist_ok=True)
     _check_space(target.parent, spec.size_bytes)
 
@@ -394,15 +373,13 @@ def fetch(name: str, force: bool = False, progress: bool = True,
             with _open(spec.url) as response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else spec.size_bytes
-                bar = _progress(console) if progress else None
-                with bar if bar is not None else contextlib.nullcontext():
-                    task = bar.add_task(name, total=total) if bar is not None else None
+                shown = or_silent(reporter if progress else None)
+                with shown.task(name, total=total, unit="B") as task:
                     while chunk := response.read(CHUNK):
                         handle.write(chunk)
                         digest.update(chunk)
                         received += len(chunk)
-                        if bar is not None:
-                            bar.update(task, advance=len(chunk))
+                        task.advance(len(chunk))
         except urllib.error.HTTPError as exc:
             raise DownloadError(f"could not download {name} from {spec.url}: "
                                 f"HTTP {exc.code} {exc.reason}") from None

@@ -21,7 +21,7 @@ under each crop pixel's centre: the same pixels as resizing the whole image
 and then cropping, at the cost of the crop instead of up to 4x the image.
 (A nearest-neighbour tie, a pixel centre exactly on a source pixel border,
 may go the other way than in PIL; bilinear values may differ by PIL's
-rounding, at most 2 grey levels in our checks.)
+rounding.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Every setting of ``zsplg train`` in one dataclass: the YAML keys, the CLI flags
-and the resolved config written into the run folder are all this one list."""
+and the resolved config written into the run folder are all this one list. The
+same for ``zsplg predict``. They live apart from the training code so the command
+line can read them without loading torch."""
 
 from __future__ import annotations
 
@@ -123,3 +125,28 @@ class TrainConfig:
 
 def config_keys() -> list[str]:
     return [f.name for f in fields(TrainConfig)]
+
+
+PREDICT_MODES = ("whole", "sliding")
+
+
+@dataclass
+class PredictConfig:
+    """The settings of ``zsplg predict``: one field per option."""
+
+    checkpoint: str
+    out: str = "predictions"
+    images_dir: str | None = None
+    pair_list: str | None = None
+    mode: str = "whole"
+    window: int = 513
+    stride: int | None = None
+    overlays: bool = True
+    device: str = "auto"
+
+    def validate(self) -> None:
+        """Fail before the checkpoint is read, in the words of the command's options."""
+        if (self.images_dir is None) == (self.pair_list is None):
+            raise ValueError("give either IMAGES_DIR or --list FILE (exactly one)")
+        if self.mode not in PREDICT_MODES:
+            raise ValueError(f"--mode: {self.mode!r} is not one of {', '.join(PREDICT_MODES)}")

@@ -21,21 +21,22 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from zsplg import IGNORE_INDEX
-from zsplg.cli.console import make_progress
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
 from zsplg.data.sources import Sample, list_images, read_pair_list
 from zsplg.metrics import ConfusionMatrix, compute_metrics
+from zsplg.runtime.device import resolve_device
+from zsplg.runtime.interrupts import Interrupted, stop_requests
+from zsplg.runtime.progress import SILENT, Reporter, or_silent
+from zsplg.runtime.ranks import Ranks, all_reduce_sum, broadcast_flag
 from zsplg.train.checkpoint import load_checkpoint, save_checkpoint
 from zsplg.train.config import TrainConfig
 from zsplg.train.datasets import LabelledDataset, UnlabelledDataset, ValDataset
-from zsplg.train.distributed import DistInfo, all_reduce_sum, barrier, init_distributed
 from zsplg.train.inference import predict_logits
 from zsplg.train.methods import StepSettings, semi_supervised_step, supervised_step
 from zsplg.train.model import build_model
@@ -45,14 +46,6 @@ LABELLED_STREAM, UNLABELLED_STREAM, MIX_STREAM = 0, 1, 2
 
 class ResumeMismatchError(ValueError):
     """The output folder holds a run made with other settings."""
-
-
-def pick_device(name: str, dist_info: DistInfo) -> str:
-    if name == "auto":
-        return f"cuda:{dist_info.local_rank}" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and dist_info.enabled:
-        return f"cuda:{dist_info.local_rank}"
-    return name
 
 
 def labelled_samples(path: str, what: str) -> list[Sample]:
@@ -138,14 +131,17 @@ def _to(batch: Any, device: str, channels_last: bool) -> Any:
 class Trainer:
     """One ``zsplg train`` run (one process; under torchrun one per rank)."""
 
-    def __init__(self, config: TrainConfig, console: Console | None = None) -> None:
+    def __init__(self, config: TrainConfig, reporter: Reporter | None = None) -> None:
         config.validate()
         self.config = config
-        self.console = console or Console(stderr=True)
+        self.reporter = or_silent(reporter)
         self.out = Path(config.out)
         self.spec: ClassSpec = load_class_spec(config.classes)
-        self.dist = init_distributed(pick_device(config.device, DistInfo()))
-        self.device = pick_device(config.device, self.dist)
+        ranks = Ranks.from_env()
+        # checked before the process group is joined, so a missing GPU is one line
+        self.device = resolve_device(config.device,
+                                     ranks.local_rank if ranks.enabled else None)
+        self.ranks = ranks.join(self.device)
         self.use_cuda = self.device.startswith("cuda")
         self.amp_dtype = self._amp_dtype()
         self.channels_last = config.channels_last
@@ -179,9 +175,10 @@ class Trainer:
             self.unlabelled, self.pseudo_found = match_pseudo_labels(self.unlabelled,
                                                                      self.pseudo_dir)
             if self.pseudo_found < len(self.unlabelled):
-                self.console.print(f"[yellow]{len(self.unlabelled) - self.pseudo_found} of "
-                                   f"{len(self.unlabelled)} unlabelled images have no pseudo "
-                                   "label; the teacher alone gives their targets[/]")
+                self.reporter.log(f"{len(self.unlabelled) - self.pseudo_found} of "
+                                  f"{len(self.unlabelled)} unlabelled images have no pseudo "
+                                  "label; the teacher alone gives their targets",
+                                  level="warning")
 
     def _build_model(self) -> None:
         c = self.config
@@ -191,7 +188,7 @@ class Trainer:
         model = build_model(c.backbone, self.spec.num_classes, pretrained=c.pretrained,
                             weights_path=c.backbone_weights, fp_dropout=c.fp_dropout,
                             head_channels=c.head_channels)
-        if self.dist.enabled and self.use_cuda:
+        if self.ranks.enabled and self.use_cuda:
             # SyncBatchNorm needs CUDA; gloo (CPU) runs keep per-process statistics.
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -204,8 +201,8 @@ class Trainer:
             group["base_lr"] = group["lr"]
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-        if self.dist.enabled:
-            ids = [self.dist.local_rank] if self.use_cuda else None
+        if self.ranks.enabled:
+            ids = [self.ranks.local_rank] if self.use_cuda else None
             self.train_model: torch.nn.Module = DistributedDataParallel(
                 model, device_ids=ids, broadcast_buffers=False)
         else:
@@ -215,8 +212,8 @@ class Trainer:
         from zsplg.train.sampling import EpochIndexed, StreamSampler
 
         sampler = StreamSampler(len(dataset), batch_size, self.config.seed, stream,
-                                start_batch=start_batch, rank=self.dist.rank,
-                                world_size=self.dist.world_size)
+                                start_batch=start_batch, rank=self.ranks.rank,
+                                world_size=self.ranks.world_size)
         # Its own generator: creating the iterator must not draw from the global RNG,
         # which seed_step() owns (else a resumed run's dropout would differ).
         generator = torch.Generator().manual_seed(self.config.seed * 10 + stream)
@@ -258,7 +255,7 @@ class Trainer:
         return self.out / "checkpoints" / "best.pt"
 
     def _resume(self) -> tuple[int, float | None, int | None]:
-        if self.dist.is_main:  # a save cut by kill -9 leaves its temporary file behind
+        if self.ranks.is_main:  # a save cut by kill -9 leaves its temporary file behind
             for stale in self.latest_path.parent.glob(".*.tmp*"):
                 stale.unlink(missing_ok=True)
         if self.config.overwrite or not self.latest_path.exists():
@@ -296,7 +293,7 @@ class Trainer:
         self.model.eval()
         dataset = ValDataset(self.val)
         cm = ConfusionMatrix(self.spec.num_classes)
-        for i in range(self.dist.rank, len(dataset), self.dist.world_size):
+        for i in range(self.ranks.rank, len(dataset), self.ranks.world_size):
             image, mask, _key = dataset[i]
             image = image.unsqueeze(0).to(self.device)
             with self.autocast():
@@ -311,7 +308,7 @@ class Trainer:
     def _write_config(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         resolved = self.config.to_dict()
-        resolved["_resolved"] = {"device": self.device, "world_size": self.dist.world_size,
+        resolved["_resolved"] = {"device": self.device, "world_size": self.ranks.world_size,
                                  "amp_dtype": str(self.amp_dtype) if self.amp_dtype else None,
                                  "num_classes": self.spec.num_classes,
                                  "class_names": self.spec.names,
@@ -340,7 +337,7 @@ class Trainer:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is a dependency, but keep training if it is absent
-            self.console.print("[yellow]tensorboard is not installed; no event files[/]")
+            self.reporter.log("tensorboard is not installed; no event files", level="warning")
             return None
         return SummaryWriter(str(self.out / "tensorboard"), purge_step=start_step)
 
@@ -356,12 +353,12 @@ class Trainer:
         settings = StepSettings(method=c.method, policy=c.policy, conf_thresh=c.conf_thresh,
                                 smoothing=c.smoothing, weight_s1=c.weight_s1,
                                 weight_s2=c.weight_s2, weight_fp=c.weight_fp)
-        seed_step(c.seed, self.dist.rank, step)
+        seed_step(c.seed, self.ranks.rank, step)
         self.optimizer.zero_grad(set_to_none=True)
         logs: dict[str, float] = {}
         for micro in range(c.accumulate):
             img_x, mask_x = _to(next(lab_it), self.device, self.channels_last)
-            sync = (micro == c.accumulate - 1 or not self.dist.enabled)
+            sync = (micro == c.accumulate - 1 or not self.ranks.enabled)
             context = nullcontext() if sync else self.train_model.no_sync()
             with context:
                 if c.method == "supervised":
@@ -382,70 +379,92 @@ class Trainer:
         self.scaler.update()
         return logs
 
+    def _step_and_record(self, step: int, streams: tuple, history: Any, writer: Any,
+                         best_miou: float | None,
+                         best_step: int | None) -> tuple[float | None, int | None]:
+        """One step, then its log line, validation and checkpoints as they fall due.
+
+        ``history`` and ``writer`` are None off rank 0, which only trains and validates.
+        Returns the best validation mIoU so far and its step.
+        """
+        c = self.config
+        lr = self._set_lr(step)
+        logs = self._one_step(step, streams)
+        done = step + 1
+        main = history is not None
+        if main and (done % c.log_every == 0 or done == c.iters):
+            record = {"iter": done, "epoch": done * c.batch_size // len(self.labelled),
+                      "lr": lr, **logs}
+            history.write(json.dumps(record) + "\n")
+            history.flush()
+            if writer:
+                for key, value in record.items():
+                    if key not in ("iter", "epoch"):
+                        writer.add_scalar(f"train/{key}", value, done)
+        if self.val and (done % c.validation_interval == 0 or done == c.iters):
+            metrics = self.validate()
+            assert metrics is not None
+            if main:
+                history.write(json.dumps({"iter": done, "val": metrics}) + "\n")
+                history.flush()
+                miou = metrics["miou"] if metrics["miou"] is not None else 0.0
+                if writer:
+                    writer.add_scalar("val/miou", miou, done)
+                    for cls in metrics["per_class"]:
+                        if cls["iou"] is not None:
+                            writer.add_scalar(f"val_iou/{cls['name']}", cls["iou"], done)
+                if best_miou is None or miou > best_miou:
+                    best_miou, best_step = miou, done
+                    save_checkpoint(self.best_path,
+                                    self._checkpoint_state(done, best_miou, best_step))
+                self.reporter.log(f"step {done}: val mIoU {miou:.2f} "
+                                  f"(best {best_miou:.2f} at {best_step})")
+        if main and (done % c.checkpoint_every == 0 or done == c.iters):
+            save_checkpoint(self.latest_path, self._checkpoint_state(done, best_miou, best_step))
+        return best_miou, best_step
+
     def run(self) -> dict:
         """Train to ``iters`` steps (resuming if a checkpoint exists); returns final metrics."""
         c = self.config
         start_step, best_miou, best_step = self._resume()
-        main = self.dist.is_main
+        main = self.ranks.is_main
+        reporter = self.reporter if main else SILENT  # one progress bar, not one per rank
         if main:
             self._write_config()
             history = self._history(start_step)
             writer = self._writer(start_step)
             if start_step:
-                self.console.print(f"resuming from step {start_step} ({self.latest_path})")
-        barrier()
+                reporter.log(f"resuming from step {start_step} ({self.latest_path})")
+        self.ranks.barrier()
         streams = self._streams(start_step)
         started = time.time()
-        progress = make_progress(self.console, unit="it") if main else None
+        stopped_at: int | None = None
         try:
-            if progress:
-                progress.start()
-                task = progress.add_task(f"train {c.method}", total=c.iters,
-                                         completed=start_step)
-            for step in range(start_step, c.iters):
-                lr = self._set_lr(step)
-                logs = self._one_step(step, streams)
-                done = step + 1
-                if main and (done % c.log_every == 0 or done == c.iters):
-                    record = {"iter": done, "epoch": done * c.batch_size // len(self.labelled),
-                              "lr": lr, **logs}
-                    history.write(json.dumps(record) + "\n")
-                    history.flush()
-                    if writer:
-                        for key, value in record.items():
-                            if key not in ("iter", "epoch"):
-                                writer.add_scalar(f"train/{key}", value, done)
-                if self.val and (done % c.validation_interval == 0 or done == c.iters):
-                    metrics = self.validate()
-                    assert metrics is not None
-                    if main:
-                        history.write(json.dumps({"iter": done, "val": metrics}) + "\n")
-                        history.flush()
-                        miou = metrics["miou"] if metrics["miou"] is not None else 0.0
-                        if writer:
-                            writer.add_scalar("val/miou", miou, done)
-                            for cls in metrics["per_class"]:
-                                if cls["iou"] is not None:
-                                    writer.add_scalar(f"val_iou/{cls['name']}", cls["iou"], done)
-                        if best_miou is None or miou > best_miou:
-                            best_miou, best_step = miou, done
-                            save_checkpoint(self.best_path,
-                                            self._checkpoint_state(done, best_miou, best_step))
-                        self.console.print(f"step {done}: val mIoU {miou:.2f} "
-                                           f"(best {best_miou:.2f} at {best_step})")
-                if main and (done % c.checkpoint_every == 0 or done == c.iters):
-                    save_checkpoint(self.latest_path,
-                                    self._checkpoint_state(done, best_miou, best_step))
-                if progress:
-                    progress.update(task, completed=done)
-                barrier()
+            with stop_requests() as stop, \
+                    reporter.task(f"train {c.method}", total=c.iters, unit="it") as task:
+                task.update(completed=start_step)
+                for step in range(start_step, c.iters):
+                    # every rank stops at the same step, or the next all-reduce would hang
+                    if broadcast_flag(stop.requested) if self.ranks.enabled else stop.requested:
+                        stopped_at = step
+                        break
+                    best_miou, best_step = self._step_and_record(
+                        step, streams, history if main else None, writer if main else None,
+                        best_miou, best_step)
+                    task.update(completed=step + 1)
+                    self.ranks.barrier()
         finally:
-            if progress:
-                progress.stop()
             if main:
                 history.close()
                 if writer:
                     writer.close()
+        if stopped_at is not None:
+            if main:
+                save_checkpoint(self.latest_path,
+                                self._checkpoint_state(stopped_at, best_miou, best_step))
+            raise Interrupted(f"interrupted at step {stopped_at} of {c.iters}; "
+                              f"{self.latest_path} keeps it; run the same command again "
+                              f"to resume")
         result: dict[str, Any] = {"method": c.method, "steps": c.iters,
                                   "seconds_this_session": round(time.time() - started, 2),
                                   "best_miou": best_miou, "best_step": best_step}
@@ -466,8 +485,14 @@ class Trainer:
         return last
 
 
-def train(config: TrainConfig, console: Console | None = None) -> dict:
-    return Trainer(config, console).run()
+def train(config: TrainConfig, reporter: Reporter | None = None) -> dict:
+    """One training run (resumed when its folder holds one); returns the final metrics.
+
+    Raises ValueError for bad settings (``zsplg.runtime.device.DeviceError`` for an
+    unusable device), InputError for bad data files, ResumeMismatchError for a
+    folder holding another run, FloatingPointError when the loss diverges.
+    """
+    return Trainer(config, reporter).run()
 
 
 __all__ = ["IGNORE_INDEX", "ResumeMismatchError", "Trainer", "train"]

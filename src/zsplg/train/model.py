@@ -128,8 +128,9 @@ def build_model(backbone: str, num_classes: int, pretrained: bool = True,
     """DeepLabV3+ over the named backbone (see zsplg.train.backbones.build_backbone).
 
     head_channels: width of ASPP and the fuse convolutions (256 in the
-    reference). The stride-4 fuse convolutions dominate the cost, so 128
-    roughly quarters it: a CPU budget's choice for small backbones.
+    reference). The stride-4 fuse convolutions dominate the cost, which grows
+    with the square of the width, so 128 is a CPU budget's choice for small
+    backbones.
     """
     return DeepLabV3Plus(build_backbone(backbone, pretrained, weights_path), num_classes,
                          fp_dropout, head_channels)

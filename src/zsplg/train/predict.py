@@ -8,40 +8,28 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.console import Console
 
-from zsplg.cli.console import make_progress
+from zsplg import IGNORE_INDEX
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
-from zsplg.data.labels import atomic_write_bytes, atomic_write_text, voc_colormap, write_label_png
+from zsplg.data.labels import atomic_write_bytes, atomic_write_text, write_label_png
+from zsplg.data.overlay import overlay
 from zsplg.data.sources import Sample, resolve_sources
+from zsplg.runtime.device import resolve_device
+from zsplg.runtime.progress import Reporter, or_silent
 from zsplg.train.checkpoint import load_checkpoint
+from zsplg.train.config import PredictConfig
 from zsplg.train.inference import predict_logits
 from zsplg.train.model import build_model
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-
-
-@dataclass
-class PredictConfig:
-    checkpoint: str
-    out: str
-    images_dir: str | None = None
-    pair_list: str | None = None
-    mode: str = "whole"
-    window: int = 513
-    stride: int | None = None
-    overlays: bool = True
-    device: str = "auto"
-
-
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """The trained model (eval mode) and its checkpoint metadata."""
     state = load_checkpoint(checkpoint)
@@ -63,27 +51,21 @@ def normalise(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.transpose(2, 0, 1).copy()).unsqueeze(0)
 
 
-def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The image with each class painted in its palette colour (ignore left unpainted)."""
-    colours = voc_colormap()[label]
-    painted = label != 255
-    blended = image.astype(np.float32)
-    blended[painted] = (1 - alpha) * blended[painted] + alpha * colours[painted]
-    return blended.clip(0, 255).astype(np.uint8)
-
-
 def predict_image(model: torch.nn.Module, image: np.ndarray, device: str, mode: str = "whole",
                   window: int = 513, stride: int | None = None) -> np.ndarray:
     logits = predict_logits(model, normalise(image).to(device), mode, window, stride)
     return logits.argmax(dim=1)[0].cpu().numpy().astype(np.uint8)
 
 
-def run_predict(config: PredictConfig, console: Console | None = None) -> dict:
-    """Predict every image; a failing image is recorded in errors.jsonl, never fatal."""
-    console = console or Console(stderr=True)
-    device = config.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def run_predict(config: PredictConfig, reporter: Reporter | None = None) -> dict:
+    """Predict every image; a failing image is recorded in errors.jsonl, never fatal.
+
+    Raises ValueError for bad settings (``zsplg.runtime.device.DeviceError`` for an
+    unusable device) and InputError for an unreadable checkpoint or image source.
+    """
+    config.validate()
+    reporter = or_silent(reporter)
+    device = resolve_device(config.device)
     model, state = load_model(config.checkpoint, device)
     samples: list[Sample] = resolve_sources(config.images_dir, config.pair_list)
     out = Path(config.out)
@@ -91,8 +73,7 @@ def run_predict(config: PredictConfig, console: Console | None = None) -> dict:
     errors_path = out / "errors.jsonl"
     failures: list[dict] = []
     started = time.time()
-    with make_progress(console) as progress:
-        task = progress.add_task("predict", total=len(samples))
+    with reporter.task("predict", total=len(samples)) as task:
         for sample in samples:
             try:
                 image = read_image(sample.image)
@@ -102,12 +83,12 @@ def run_predict(config: PredictConfig, console: Console | None = None) -> dict:
                 if config.overlays:
                     path = out / "overlays" / f"{sample.key}.jpg"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    buffer = _jpeg_bytes(overlay(image, label))
+                    buffer = _jpeg_bytes(overlay(image, label, unpainted=(IGNORE_INDEX,)))
                     atomic_write_bytes(path, buffer)
             except InputError as exc:
                 failures.append({"image": str(sample.image), "error": str(exc)})
-                console.print(f"[yellow]skipped[/] {exc}")
-            progress.advance(task)
+                reporter.log(f"skipped {exc}", level="warning")
+            task.advance()
     atomic_write_text(errors_path, "".join(json.dumps(f) + "\n" for f in failures))
     info = {"command": "predict", "config": asdict(config),
             "model": state["model_args"], "class_names": state.get("class_names"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from zsplg.vl.base import DenseVisionLanguageModel
+if TYPE_CHECKING:  # vl.base loads PyTorch; choosing a backend by name must not
+    from zsplg.vl.base import DenseVisionLanguageModel
 
 # name -> EfficientNet-Lite variant of the ConSE backend
 _CONSE_VARIANTS = {
@@ -18,7 +20,7 @@ _CLIP_MODES = {"clip-gem": "gem", "clip-maskclip": "maskclip"}
 VL_MODELS = (*_CLIP_MODES, *_CONSE_VARIANTS)
 CLIP_WEIGHTS = "clip-vit-b-16-openai"
 
-__all__ = ["VL_MODELS", "DenseVisionLanguageModel", "build_vl_model", "resolve_vl_name"]
+__all__ = ["VL_MODELS", "build_vl_model", "resolve_vl_name"]
 
 
 def resolve_vl_name(name: str, clip_checkpoint: str | Path | None = None) -> str:

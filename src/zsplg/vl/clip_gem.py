@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from zsplg.runtime.device import resolve_device
+
 WEIGHTS_NAME = "clip-vit-b-16-openai"
 MODEL_NAME = "ViT-B-16"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -294,12 +296,6 @@ def load_clip_checkpoint(path: str | Path, model_name: str = MODEL_NAME) -> nn.M
 # --------------------------------------------------------------------------- the backend
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @functools.lru_cache(maxsize=4)
 def _tokenizer(model_name: str, context_length: int):
     """open_clip's tokenizer for the model (the packaged CLIP BPE for ViT-B-16: no
@@ -333,7 +329,7 @@ class ClipGemBackend:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if input_size <= 0:
             raise ValueError("input_size must be positive")
-        self.device = _resolve_device(device)
+        self.device = torch.device(resolve_device(str(device)))
         self.model = model.to(self.device).eval()
         self.encoder = GemVisionEncoder(model.visual, dense_mode=dense_mode, depth=gem_depth,
                                         iterations=gem_iterations)

@@ -1,8 +1,9 @@
 """SAM's mask decoder for a batch of prompts on one image, restructured for the CPU.
 
-`decode_point_prompts` returns what `MaskDecoder.forward` returns (up to float rounding) for
-B prompts on ONE image embedding with the same dense prompt embedding for every prompt (no
-mask input), which is SAM everything mode. The official decoder repeats the 64 x 64 x 256
+`decode_point_prompts` returns what `MaskDecoder.forward` returns, up to float rounding
+(the products are summed in another order), for B prompts on ONE image embedding with
+the same dense prompt embedding for every prompt (no mask input), which is SAM
+everything mode. The official decoder repeats the 64 x 64 x 256
 image embedding B times and projects it again and again; here:
 
 * the first transformer layer's image-side projections (token->image keys and values,
@@ -36,11 +37,11 @@ from segment_anything.modeling.common import LayerNorm2d
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
 from torch.nn import functional
 
-__all__ = ["decode_point_prompts"]
+__all__ = ["decode_point_prompts", "is_standard_transformer", "two_way_transformer"]
 
-# prompts decoded together: the per-prompt image-sized intermediates (4 to 8 MB each) then
-# stay below glibc's mmap threshold and are reused from the heap instead of being mapped and
-# page-faulted afresh every time, which on the CPU otherwise takes about half the time
+# prompts decoded together: few enough that the per-prompt image-sized intermediates stay
+# below glibc's mmap threshold and are reused from the heap instead of being mapped and
+# page-faulted afresh every time
 _CHUNK = 4
 _UPSCALE_CHUNK = 2
 
@@ -48,7 +49,10 @@ _UPSCALE_CHUNK = 2
 def decode_point_prompts(decoder: torch.nn.Module, image_embeddings: torch.Tensor,
                          image_pe: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                          multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`decoder(...)`'s (masks, iou_pred) for B prompts on one image, computed faster."""
+    """`decoder(...)`'s (masks, iou_pred) for B prompts on one image, up to float rounding.
+
+    The everything mode decodes every grid point against the same image, so the image's
+    share of the work is done once instead of once per prompt."""
     if sparse.shape[0] == 0 or not _supported(decoder, image_embeddings, image_pe, dense):
         return decoder(image_embeddings=image_embeddings, image_pe=image_pe,
                        sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
@@ -62,7 +66,9 @@ def is_standard_transformer(transformer: torch.nn.Module, transformer_type: type
                             block_type: type, attention_type: type) -> bool:
     """Whether a two-way transformer is built only of the library's own classes (the
     types passed: segment-anything's or sam2's), so the restructured decoder computes
-    exactly what it would; a subclass or a patched module gets the library's path."""
+    what it would (up to float rounding); a subclass or a patched module gets the
+    library's path. Public because SAM 2.1's decoder (zsplg.masks.sam2.decoder) checks
+    its transformer with it."""
     if type(transformer) is not transformer_type or type(
             transformer.final_attn_token_to_image) is not attention_type:
         return False
@@ -101,8 +107,8 @@ def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor,
     masks, iou_pred = [], []
     chunk = _CHUNK if src.device.type == "cpu" else batch
     for part in range(0, batch, chunk):
-        hs, keys = _transformer(decoder.transformer, src, image_pe, tokens[part: part + chunk],
-                                shared)
+        hs, keys = two_way_transformer(decoder.transformer, src, image_pe,
+                                       tokens[part: part + chunk], shared)
         iou_token_out = hs[:, 0, :]
         mask_tokens_out = hs[:, 1: (1 + decoder.num_mask_tokens), :]
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp
@@ -117,11 +123,13 @@ def _predict_masks(decoder: MaskDecoder, image_embeddings: torch.Tensor,
     return torch.cat(masks), torch.cat(iou_pred)
 
 
-def _transformer(transformer: TwoWayTransformer, keys: torch.Tensor, key_pe: torch.Tensor,
-                 point_embedding: torch.Tensor, shared: dict,
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def two_way_transformer(transformer: TwoWayTransformer, keys: torch.Tensor,
+                        key_pe: torch.Tensor, point_embedding: torch.Tensor, shared: dict,
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """TwoWayTransformer.forward; `keys` (N, C) and `key_pe` (N, C) shared by all prompts;
-    `shared` caches projections of the shared image across calls."""
+    `shared` caches projections of the shared image across calls. Public because SAM
+    2.1's transformer has SAM's structure and module names, so its decoder
+    (zsplg.masks.sam2.decoder) runs this same path."""
     queries, query_pe = point_embedding, point_embedding
     for layer in transformer.layers:
         if layer.skip_first_layer_pe:

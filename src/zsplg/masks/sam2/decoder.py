@@ -1,13 +1,13 @@
 """SAM 2's mask decoder for a batch of point prompts on one image, restructured for the CPU.
 
 `decode_sam2_point_prompts` returns what `sam2.modeling.sam.mask_decoder.MaskDecoder`
-returns with `multimask_output=True` (masks, predicted IoU; up to float rounding) for B
-prompts on ONE image with the same dense prompt embedding for every prompt, which is the
-everything mode. The library repeats the 256 x 64 x 64 image embedding and the two
-high-resolution feature maps (32 x 256 x 256 and 64 x 128 x 128 for the official models,
-12 MB per prompt) B times before decoding. Here:
+returns with `multimask_output=True` (masks, predicted IoU; up to float rounding: sums
+run in another order) for B prompts on ONE image with the same dense prompt embedding
+for every prompt, which is the everything mode. The library repeats the 256 x 64 x 64
+image embedding and the two high-resolution feature maps (32 x 256 x 256 and
+64 x 128 x 128 for the official models) B times before decoding. Here:
 
-* the two-way transformer runs `zsplg.masks.sam_decoder`'s path, which projects the shared
+* the two-way transformer runs `zsplg.masks.sam.decoder`'s path, which projects the shared
   image once and moves the big projections to the token side (SAM 2's transformer has
   SAM's structure and module names);
 * the upscaling (two 2x2 stride-2 transposed convolutions, each followed by adding a
@@ -15,7 +15,7 @@ high-resolution feature maps (32 x 256 x 256 and 64 x 128 x 128 for the official
   shared feature maps rearranged once into that layout and added by broadcasting, never
   repeated;
 * on the CPU the prompts go a few at a time, so that the per-prompt intermediates stay
-  small and are reused from the heap (see zsplg.masks.sam_decoder).
+  small and are reused from the heap (see zsplg.masks.sam.decoder).
 
 Any other decoder (a subclass, no high-resolution features, another upscaling) or input
 (several images, per-prompt dense embeddings) is passed to the library's decoder.
@@ -26,9 +26,9 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from zsplg.masks.sam_decoder import _transformer, is_standard_transformer
+from zsplg.masks.sam.decoder import is_standard_transformer, two_way_transformer
 
-__all__ = ["decode_sam2_point_prompts"]
+__all__ = ["decode_sam2_point_prompts", "supports_fast_path"]
 
 _CHUNK = 4  # prompts decoded together on the CPU
 
@@ -38,8 +38,8 @@ def decode_sam2_point_prompts(decoder: torch.nn.Module, image_embed: torch.Tenso
                               dense: torch.Tensor, high_res: list[torch.Tensor],
                               ) -> tuple[torch.Tensor, torch.Tensor]:
     """(masks (B, 3, 4h, 4w), iou (B, 3)) of the multimask outputs for B point prompts."""
-    if sparse.shape[0] == 0 or not _supported(decoder, image_embed, image_pe, dense,
-                                              high_res):
+    if sparse.shape[0] == 0 or not supports_fast_path(decoder, image_embed, image_pe, dense,
+                                                      high_res):
         masks, iou, _, _ = decoder(
             image_embeddings=image_embed, image_pe=image_pe, sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense, multimask_output=True,
@@ -49,8 +49,13 @@ def decode_sam2_point_prompts(decoder: torch.nn.Module, image_embed: torch.Tenso
     return masks[:, 1:], iou[:, 1:]
 
 
-def _supported(decoder: torch.nn.Module, image_embed: torch.Tensor, image_pe: torch.Tensor,
-               dense: torch.Tensor, high_res: list[torch.Tensor]) -> bool:
+def supports_fast_path(decoder: torch.nn.Module, image_embed: torch.Tensor,
+                       image_pe: torch.Tensor, dense: torch.Tensor,
+                       high_res: list[torch.Tensor]) -> bool:
+    """Whether the restructured path computes what `decoder` would: sam2's own
+    MaskDecoder and transformer classes, high-resolution features, one image and one
+    dense embedding for all prompts. Public so that the tests can check which path a
+    decoder takes; anything else goes to the library's decoder."""
     from sam2.modeling.sam.mask_decoder import MaskDecoder
     from sam2.modeling.sam.transformer import Attention, TwoWayAttentionBlock, TwoWayTransformer
     from sam2.modeling.sam2_utils import LayerNorm2d
@@ -103,8 +108,8 @@ def _predict_masks(decoder: torch.nn.Module, image_embed: torch.Tensor,
     batch = tokens.shape[0]
     chunk = _CHUNK if src.device.type == "cpu" else batch
     for part in range(0, batch, chunk):
-        hs, keys = _transformer(decoder.transformer, src, pe, tokens[part: part + chunk],
-                                shared)
+        hs, keys = two_way_transformer(decoder.transformer, src, pe,
+                                       tokens[part: part + chunk], shared)
         mask_tokens_out = hs[:, offset + 1: offset + 1 + decoder.num_mask_tokens, :]
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp
                                 in enumerate(decoder.output_hypernetworks_mlps)], dim=1)

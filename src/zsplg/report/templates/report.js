@@ -1,0 +1,3 @@
+document.querySelectorAll('.gallery-item').forEach(function (item) {
+  item.addEventListener('click', function () { item.classList.toggle('zoom'); });
+});
