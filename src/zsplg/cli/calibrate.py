@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from zsplg.calibration.settings import CalibrateConfig
-from zsplg.cli.console import ConsoleReporter, fail, user_mistakes_fail
+from zsplg.cli.console import ConsoleReporter, read_settings, user_mistakes_fail
 from zsplg.cli.label import HELP as LABEL_HELP
 from zsplg.cli.settings import CommandSettings
 
@@ -34,10 +34,7 @@ def calibrate(config_file: Path | None = None, **typed: Any) -> None:
     """Tune threshold, class offsets, prompt templates and a few-shot head on labelled images."""
     from zsplg.calibration.run import run_calibrate
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
-    for key in SETTINGS.missing(settings):
-        fail(f"missing {SETTINGS.flag(key)} (or '{key}:' in a --config file)")
+    settings = read_settings(SETTINGS, config_file, typed)
     with user_mistakes_fail():
         run_calibrate(CalibrateConfig(**settings), ConsoleReporter())
 

@@ -8,10 +8,10 @@ that read them. On a terminal rich's own width applies.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,6 +32,9 @@ from rich.table import Table
 from rich.text import Text
 
 from zsplg.runtime.progress import Level, Reporter, Task
+
+if TYPE_CHECKING:
+    from zsplg.cli.settings import CommandSettings
 
 INTERRUPTED = "interrupted: finished outputs are kept; run the same command again to resume"
 # Wide enough for any path; tables only take the width their content needs.
@@ -181,3 +184,13 @@ def _remove_empty(paths: list[Path]) -> None:
                 path.rmdir()
         except OSError:
             pass
+
+
+def read_settings(settings: CommandSettings, config_file: Path | None,
+                  typed: Mapping[str, Any]) -> dict[str, Any]:
+    """A command's settings (file < typed options), or one line naming what is wrong."""
+    with user_mistakes_fail():
+        values = settings.resolve(config_file, typed)
+    for key in settings.missing(values):
+        fail(f"missing {settings.option_name(key)} (or '{key}:' in a --config file)")
+    return values

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zsplg.cli.console import ConsoleReporter, console, fail, user_mistakes_fail
+from zsplg.cli.console import ConsoleReporter, console, fail, read_settings, user_mistakes_fail
 from zsplg.cli.settings import CommandSettings
 from zsplg.evaluate import EvalConfig
 
@@ -26,10 +26,7 @@ def evaluate(config_file: Path | None = None, **typed: Any) -> None:
     """mIoU, per-class IoU, pixel accuracy and coverage; JSON plus a confusion CSV."""
     from zsplg.evaluate import NoImageScoredError, run_eval
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
-    for key in SETTINGS.missing(settings):
-        fail(f"missing {SETTINGS.flag(key)} (or '{key}:' in a --config file)")
+    settings = read_settings(SETTINGS, config_file, typed)
     with user_mistakes_fail():
         try:
             metrics, written = run_eval(EvalConfig(**settings), ConsoleReporter())

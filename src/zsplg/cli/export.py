@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zsplg.cli.console import ConsoleReporter, console, fail, user_mistakes_fail
+from zsplg.cli.console import ConsoleReporter, console, read_settings, user_mistakes_fail
 from zsplg.cli.settings import CommandSettings
 from zsplg.export import ExportConfig
 
@@ -31,10 +31,7 @@ def export(config_file: Path | None = None, **typed: Any) -> None:
     """Convert labels to COCO JSON (RLE) or colour overlays, or COCO JSON back to index PNGs."""
     from zsplg.export import run_export
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
-    for key in SETTINGS.missing(settings):
-        fail(f"missing {SETTINGS.flag(key)} (or '{key}:' in a --config file)")
+    settings = read_settings(SETTINGS, config_file, typed)
     config = ExportConfig(**settings)
     with user_mistakes_fail():
         summary = run_export(config, ConsoleReporter())

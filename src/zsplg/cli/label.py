@@ -6,8 +6,15 @@ from pathlib import Path
 from typing import Any
 
 from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES
-from zsplg.cli.console import ConsoleReporter, console, fail, user_mistakes_fail
+from zsplg.cli.console import (
+    ConsoleReporter,
+    console,
+    fail,
+    read_settings,
+    user_mistakes_fail,
+)
 from zsplg.cli.settings import CommandSettings
+from zsplg.data.run_folder import ERRORS_FILE
 from zsplg.labeling.settings import CONFIG_PATH_KEYS, LabelConfig
 
 HELP = {
@@ -52,12 +59,9 @@ def label(config_file: Path | None = None, **typed: Any) -> None:
     """Write OUT/labels/*.png (class ids, 255 = ignore), OUT/confidence/*.png and OUT/run.json."""
     from zsplg.pipeline import label as run_label
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
+    settings = read_settings(SETTINGS, config_file, typed)
     if (settings.get("images_dir") is None) == (settings.get("pair_list") is None):
         fail("give either IMAGES_DIR or --list PAIRS (exactly one)")
-    for key in SETTINGS.missing(settings):
-        fail(f"missing --{key} (or '{key}:' in a --config file)")
     with user_mistakes_fail(settings["out"]):
         config = LabelConfig(**settings)
         info = run_label(config, ConsoleReporter(),
@@ -67,7 +71,7 @@ def label(config_file: Path | None = None, **typed: Any) -> None:
     console.print(f"labelled {counts['labelled']}, already done {counts['already_done']}, "
                   f"failed {counts['failed']} -> {out}")
     if counts["failed"]:
-        console.print(f"[yellow]failures are listed in {out / 'errors.jsonl'}[/]")
+        console.print(f"[yellow]failures are listed in {out / ERRORS_FILE}[/]")
 
 
 label.__signature__ = SETTINGS.signature()  # type: ignore[attr-defined]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zsplg.cli.console import ConsoleReporter, console, fail, user_mistakes_fail
+from zsplg.cli.console import ConsoleReporter, console, read_settings, user_mistakes_fail
 from zsplg.cli.settings import CommandSettings
 from zsplg.train.config import PredictConfig
 
@@ -30,10 +30,7 @@ def predict(config_file: Path | None = None, **typed: Any) -> None:
     """Write OUT/labels/*.png (class ids) and OUT/overlays/*.jpg for new images."""
     from zsplg.train.predict import run_predict
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
-    for key in SETTINGS.missing(settings):
-        fail(f"missing {key.upper()} (or '{key}:' in a --config file)")
+    settings = read_settings(SETTINGS, config_file, typed)
     config = PredictConfig(**settings)
     with user_mistakes_fail(config.out):
         info = run_predict(config, ConsoleReporter())

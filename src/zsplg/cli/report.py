@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from zsplg.cli.console import ConsoleReporter, console, fail, user_mistakes_fail
+from zsplg.cli.console import ConsoleReporter, console, fail, read_settings, user_mistakes_fail
 from zsplg.cli.settings import CommandSettings
 from zsplg.report import ReportConfig
 
@@ -28,10 +28,7 @@ def report(config_file: Path | None = None, **typed: Any) -> None:
     """One self-contained HTML page: settings, metrics, charts, heat map, gallery."""
     from zsplg.report import write_report
 
-    with user_mistakes_fail():
-        settings = SETTINGS.resolve(config_file, typed)
-    for key in SETTINGS.missing(settings):
-        fail(f"missing {key.upper()} (or '{key}:' in a --config file)")
+    settings = read_settings(SETTINGS, config_file, typed)
     config = ReportConfig(**settings)
     if config.images is not None and config.pair_list is not None:
         fail("give either --images DIR or --list PAIRS, not both")

@@ -375,6 +375,10 @@ class CommandSettings:
                 values[key] = str(value)
         return merge_settings(given, given.keys(), values)
 
+    def option_name(self, name: str) -> str:
+        """How the user names a setting: ``IMAGES_DIR`` for an argument, else its flag."""
+        return name.upper() if name in self.arguments else self.flag(name)
+
     def missing(self, values: Mapping[str, Any]) -> list[str]:
         """Required settings neither typed nor in the file, as the user would name them."""
         required = [f.name for f in dataclasses.fields(self.schema)

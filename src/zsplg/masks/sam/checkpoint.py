@@ -9,6 +9,7 @@ hold. SAM 2.1's loader (zsplg.masks.sam2) reuses the checks and the error type.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,3 +125,24 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         if tensor.numel():
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
+
+
+def model_and_checkpoint(model: torch.nn.Module | None, checkpoint: str | Path | None,
+                         weights_name: str, load: Callable[[Path], torch.nn.Module],
+                         ) -> tuple[torch.nn.Module, Path | None]:
+    """The model a SAM or SAM 2.1 generator wraps, and the checkpoint it came from.
+
+    A model passed in is used as it is (a checkpoint named beside it must exist,
+    since run.json records it); otherwise the named checkpoint, else the one in
+    the weights cache, is loaded, so a missing file is one error naming the
+    option and the fetch command.
+    """
+    path = Path(checkpoint).expanduser() if checkpoint is not None else None
+    if model is None:
+        from zsplg.runtime.weights import resolve_weights
+
+        path = resolve_weights(weights_name, checkpoint, option_hint="--sam-checkpoint PATH")
+        return load(path), path
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    return model, path

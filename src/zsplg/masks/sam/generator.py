@@ -37,7 +37,12 @@ import numpy as np
 import torch
 
 from zsplg.masks.base import MaskProposals
-from zsplg.masks.sam.checkpoint import SAM_VARIANTS, load_sam_checkpoint, model_fingerprint
+from zsplg.masks.sam.checkpoint import (
+    SAM_VARIANTS,
+    load_sam_checkpoint,
+    model_and_checkpoint,
+    model_fingerprint,
+)
 from zsplg.masks.sam.engine import (
     RELATIVE_TOLERANCE,
     Geometry,
@@ -473,15 +478,9 @@ def build_sam_generator(variant: str = "vit_b", checkpoint: str | Path | None = 
     """
     if variant not in SAM_VARIANTS:
         raise ValueError(f"unknown SAM variant {variant!r}; choose from {', '.join(SAM_VARIANTS)}")
-    checkpoint_path = Path(checkpoint).expanduser() if checkpoint is not None else None
-    if model is None:
-        from zsplg.runtime.weights import resolve_weights
-
-        checkpoint_path = resolve_weights(f"sam-{variant.replace('_', '-')}", checkpoint,
-                                          option_hint="--sam-checkpoint PATH")
-        model = load_sam_checkpoint(variant, checkpoint_path)
-    elif checkpoint_path is not None and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint file")
+    model, checkpoint_path = model_and_checkpoint(
+        model, checkpoint, f"sam-{variant.replace('_', '-')}",
+        lambda path: load_sam_checkpoint(variant, path))
     return SamMaskGenerator(
         model, variant=variant, checkpoint=checkpoint_path,
         device=torch.device(resolve_device(str(device))),

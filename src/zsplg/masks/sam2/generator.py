@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from zsplg.masks.sam.checkpoint import model_and_checkpoint
 from zsplg.masks.sam.engine import chunks
 from zsplg.masks.sam.generator import SamMaskGenerator
 from zsplg.masks.sam2.checkpoint import load_sam2_checkpoint, sam2_variant
@@ -160,15 +161,8 @@ def build_sam2_generator(variant: str = "tiny", checkpoint: str | Path | None = 
     the rest of zsplg uses; SAM2AutomaticMaskGenerator's own default is 0.8).
     """
     spec = sam2_variant(variant)
-    checkpoint_path = Path(checkpoint).expanduser() if checkpoint is not None else None
-    if model is None:
-        from zsplg.runtime.weights import resolve_weights
-
-        checkpoint_path = resolve_weights(spec.weights, checkpoint,
-                                          option_hint="--sam-checkpoint PATH")
-        model = load_sam2_checkpoint(variant, checkpoint_path)
-    elif checkpoint_path is not None and not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path}: no such checkpoint file")
+    model, checkpoint_path = model_and_checkpoint(
+        model, checkpoint, spec.weights, lambda path: load_sam2_checkpoint(variant, path))
     return Sam2MaskGenerator(
         model, variant=variant, checkpoint=checkpoint_path,
         device=torch.device(resolve_device(str(device))),
