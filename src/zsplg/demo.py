@@ -13,7 +13,12 @@ under OUT:
     eval_pairs.txt        the lines of pairs.txt that have a label
     pseudo/               the `zsplg label` output (labels/, confidence/, run.json)
     eval.json             metrics of the labelled subset (+ eval_confusion.csv)
-    overlays/*.png        each image blended 50/50 with its pseudo-label colours
+    overlays/*.png        each image with its pseudo labels painted over it (background
+                          and unlabelled pixels left as they are) and a colour legend
+    pseudo/report.html    the `zsplg report` page: settings, scores, side-by-side gallery
+
+It ends by saying why a class the ground truth has scores low when the namer
+has no word for it, so a low score reads as what it is.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from PIL import Image
 from zsplg import IGNORE_INDEX
 from zsplg.data.errors import InputError
 from zsplg.data.labels import write_label_png
-from zsplg.data.overlay import overlay
+from zsplg.data.overlay import overlay, with_legend
 from zsplg.evaluate import EvalConfig, run_eval
+from zsplg.metrics import unnamed_classes
+from zsplg.report import ReportOptions, write_report
 from zsplg.runtime.progress import Reporter, or_silent
 
 VOC_CLASSES = (
@@ -199,7 +206,12 @@ def run_demo(out: Path, reporter: Reporter | None = None) -> dict:
         image = np.asarray(Image.open(out / "images" / f"{name}.png").convert("RGB"))
         with Image.open(pseudo / "labels" / "images" / f"{name}.png") as im:
             label = np.asarray(im)
-        _save_png(out / "overlays" / f"{name}.png", overlay(image, label))
+        untinted = (0, IGNORE_INDEX)  # background stays visible: only named regions are painted
+        _save_png(out / "overlays" / f"{name}.png",
+                  with_legend(overlay(image, label, unpainted=untinted), label, VOC_CLASSES,
+                              skip=untinted))
+    report = write_report(pseudo, None, ReportOptions(gt_list=str(out / "eval_pairs.txt")),
+                          reporter)
 
     seconds = time.perf_counter() - started
     miou = metrics["miou"]
@@ -208,8 +220,26 @@ def run_demo(out: Path, reporter: Reporter | None = None) -> dict:
     reporter.log(f"  images, ground truth   {out / 'images'}, {out / 'ground_truth'}")
     reporter.log(f"  pair-list, classes     {out / 'pairs.txt'}, {out / 'classes.txt'}")
     reporter.log(f"  pseudo labels          {pseudo / 'labels'} (+ confidence/, run.json)")
-    reporter.log(f"  overlays (look here)   {out / 'overlays'}")
+    reporter.log(f"  overlays (with legend) {out / 'overlays'}")
+    reporter.log(f"  report                 {pseudo / 'report.html'}")
     reporter.log(f"  metrics                {eval_json}")
     reporter.log("mIoU on the labelled subset: "
                  + (f"{miou:.2f}" if miou is not None else "undefined"))
+    for line in _explain(metrics, info["settings"]["vl"]):
+        reporter.log(line)
+    reporter.log(f"next: open {report} (every image beside its pseudo labels and ground truth)")
     return metrics
+
+
+def _explain(metrics: dict, vl_name: str) -> list[str]:
+    """Why the demo's score is what it is, in the words of the backends it ran."""
+    unnamed = unnamed_classes(metrics)
+    if not unnamed:
+        return []
+    lines = [f"scored low: {', '.join(unnamed)} (in the ground truth, almost never labelled)."]
+    if vl_name.startswith("conse"):
+        lines.append("  The offline namer (ConSE) can only name what ImageNet's 1000 classes "
+                     "cover (ImageNet has no 'person', for one); the paper's CLIP namer "
+                     "(`zsplg weights fetch clip-vit-b-16-openai`) or a few labelled images "
+                     "(`zsplg calibrate`, few-shot naming) can name such classes.")
+    return lines
