@@ -9,14 +9,14 @@ and ``zsplg --help`` stay instant)::
     labeller = zsplg.Labeller.from_names(spec, masks="auto", vl="auto")
     annotation = labeller.label_array(rgb)             # .label, .confidence
 
-    zsplg.label(zsplg.LabelConfig(classes="classes.txt", out="pseudo", images_dir="images"))
-    zsplg.calibrate(zsplg.CalibrateConfig(pair_list="labelled.txt", classes="classes.txt",
-                                          out="calibration.json"))
-    zsplg.evaluate(zsplg.EvalConfig(pred="pseudo/labels", pair_list="val.txt",
+    zsplg.run_label(zsplg.LabelConfig(classes="classes.txt", out="pseudo", images_dir="images"))
+    zsplg.run_calibrate(zsplg.CalibrateConfig(pair_list="labelled.txt",
+                                              classes="classes.txt", out="calibration.json"))
+    zsplg.run_eval(zsplg.EvalConfig(pred="pseudo/labels", pair_list="val.txt",
                                     classes="classes.txt"))
-    zsplg.train(zsplg.TrainConfig(labelled="labelled.txt", classes="classes.txt", out="run"))
-    zsplg.predict(zsplg.PredictConfig(checkpoint="run/checkpoints/best.pt", out="pred",
-                                      images_dir="new-images"))
+    zsplg.run_train(zsplg.TrainConfig(labelled="labelled.txt", classes="classes.txt", out="run"))
+    zsplg.run_predict(zsplg.PredictConfig(checkpoint="run/checkpoints/best.pt", out="pred",
+                                          images_dir="new-images"))
 
 Long calls take ``reporter=``, a :class:`Reporter` (silent when omitted).
 """
@@ -38,41 +38,40 @@ _API = {
     "build_vl_model": ("zsplg.vl", "build_vl_model"),
     "Labeller": ("zsplg.labeling.labeller", "Labeller"),
     "LabelConfig": ("zsplg.labeling.settings", "LabelConfig"),
-    "label": ("zsplg.pipeline", "label"),
+    "run_label": ("zsplg.pipeline", "label"),
     "Calibration": ("zsplg.calibration.file", "Calibration"),
     "CalibrateConfig": ("zsplg.calibration.settings", "CalibrateConfig"),
-    "calibrate": ("zsplg.calibration.run", "run_calibrate"),
+    "run_calibrate": ("zsplg.calibration.run", "run_calibrate"),
     "EvalConfig": ("zsplg.evaluate", "EvalConfig"),
-    "evaluate": ("zsplg.evaluate", "run_eval"),
+    "run_eval": ("zsplg.evaluate", "run_eval"),
     "TrainConfig": ("zsplg.train.config", "TrainConfig"),
-    "train": ("zsplg.train.loop", "train"),
+    "run_train": ("zsplg.train.loop", "train"),
     "PredictConfig": ("zsplg.train.config", "PredictConfig"),
-    "predict": ("zsplg.train.predict", "run_predict"),
+    "run_predict": ("zsplg.train.predict", "run_predict"),
     "Reporter": ("zsplg.runtime.progress", "Reporter"),
 }
 
 __all__ = [  # grouped by stage, as the docstring reads
     "IGNORE_INDEX", "__version__", "ClassSpec", "load_class_spec", "build_mask_generator",
-    "build_vl_model", "Labeller", "LabelConfig", "label", "Calibration", "CalibrateConfig",
-    "calibrate", "EvalConfig", "evaluate", "TrainConfig", "train", "PredictConfig", "predict",
-    "Reporter",
+    "build_vl_model", "Labeller", "LabelConfig", "run_label", "Calibration", "CalibrateConfig",
+    "run_calibrate", "EvalConfig", "run_eval", "TrainConfig", "run_train", "PredictConfig",
+    "run_predict", "Reporter",
 ]
 
 if TYPE_CHECKING:
     from zsplg.calibration.file import Calibration
-    from zsplg.calibration.run import run_calibrate as calibrate
+    from zsplg.calibration.run import run_calibrate
     from zsplg.calibration.settings import CalibrateConfig
     from zsplg.data.classes import ClassSpec, load_class_spec
-    from zsplg.evaluate import EvalConfig
-    from zsplg.evaluate import run_eval as evaluate
+    from zsplg.evaluate import EvalConfig, run_eval
     from zsplg.labeling.labeller import Labeller
     from zsplg.labeling.settings import LabelConfig
     from zsplg.masks import build_mask_generator
-    from zsplg.pipeline import label
+    from zsplg.pipeline import label as run_label
     from zsplg.runtime.progress import Reporter
     from zsplg.train.config import PredictConfig, TrainConfig
-    from zsplg.train.loop import train
-    from zsplg.train.predict import run_predict as predict
+    from zsplg.train.loop import train as run_train
+    from zsplg.train.predict import run_predict
     from zsplg.vl import build_vl_model
 
 
