@@ -35,6 +35,7 @@ from zsplg import IGNORE_INDEX
 from zsplg.data.errors import InputError
 from zsplg.data.labels import write_label_png
 from zsplg.data.overlay import overlay, with_legend
+from zsplg.data.run_folder import ERRORS_FILE, LABELS
 from zsplg.evaluate import EvalConfig, run_eval
 from zsplg.metrics import unnamed_classes
 from zsplg.report import ReportOptions, write_report
@@ -195,16 +196,16 @@ def run_demo(out: Path, reporter: Reporter | None = None) -> dict:
     info = run_label(LabelConfig(classes=str(out / "classes.txt"), out=str(pseudo),
                                  pair_list=str(out / "pairs.txt"), overwrite=True), reporter)
     if info["counts"]["failed"]:
-        raise InputError(pseudo / "errors.jsonl",
+        raise InputError(pseudo / ERRORS_FILE,
                          f"{info['counts']['failed']} demo image(s) failed to label")
 
-    metrics, eval_json = run_eval(EvalConfig(pred=str(pseudo / "labels"),
+    metrics, eval_json = run_eval(EvalConfig(pred=str(pseudo / LABELS),
                                              pair_list=str(out / "eval_pairs.txt"),
                                              classes=str(out / "classes.txt"),
                                              json_path=str(out / "eval.json")), reporter)
     for name, _ in names:
         image = np.asarray(Image.open(out / "images" / f"{name}.png").convert("RGB"))
-        with Image.open(pseudo / "labels" / "images" / f"{name}.png") as im:
+        with Image.open(pseudo / LABELS / "images" / f"{name}.png") as im:
             label = np.asarray(im)
         untinted = (0, IGNORE_INDEX)  # background stays visible: only named regions are painted
         _save_png(out / "overlays" / f"{name}.png",

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image
 
 from zsplg import IGNORE_INDEX
 from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size
-from zsplg.data.labels import atomic_write_text
-from zsplg.data.run_folder import list_label_keys, match_samples
+from zsplg.data.labels import LabelModeError, atomic_write_text, read_label
+from zsplg.data.run_folder import CONFIDENCE, list_label_keys, match_samples
 from zsplg.data.sources import read_pair_list
 from zsplg.metrics import (
     CONFUSION_ADVICE,
@@ -40,8 +39,6 @@ from zsplg.metrics import (
     write_confusion_csv,
 )
 from zsplg.runtime.progress import Reporter, or_silent
-
-_COLOUR_MODES = {"RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"}
 
 
 class SampleLike(Protocol):
@@ -70,17 +67,19 @@ class NoImageScoredError(InputError):
 
 
 def read_index_map(path: Path, what: str = "label") -> np.ndarray:
-    """Read a PNG as an (H, W) class-index array; palette images yield their indices."""
-    with Image.open(path) as im:
-        if im.mode in _COLOUR_MODES:
-            raise LabelFormatError(
-                f"{what} {path} has image mode {im.mode}; expected a single-channel index map "
-                f"(mode P or L). Colour-coded masks must be converted to class indices first."
-            )
-        arr = np.array(im)
-    if arr.ndim != 2:
-        raise LabelFormatError(f"{what} {path} decoded to shape {arr.shape}, expected (H, W)")
-    return arr
+    """A PNG as an (H, W) class-index array (palette images yield their indices).
+
+    The reading rules are `zsplg.data.labels.read_label`'s; a colour-coded mask
+    is refused here as a LabelFormatError, which stops the evaluation: it means
+    the whole folder is in the wrong format, not that one file is bad.
+    """
+    try:
+        return read_label(path)
+    except LabelModeError as exc:
+        raise LabelFormatError(
+            f"{what} {path} has image mode {exc.mode}; expected a single-channel index map "
+            f"(mode P or L). Colour-coded masks must be converted to class indices first."
+        ) from None
 
 
 def out_of_range_ids(arr: np.ndarray, num_classes: int, allowed: Sequence[int]) -> list[int]:
@@ -166,7 +165,7 @@ def evaluate_folder(
     floors = sorted({float(f) for f in confidence_floors})
     if any(not 0.0 <= f <= 1.0 for f in floors):
         raise ValueError(f"confidence floors must be in [0, 1], got {floors}")
-    confidence_dir = pred_dir.parent / "confidence"
+    confidence_dir = pred_dir.parent / CONFIDENCE
     if floors and not confidence_dir.is_dir():
         raise InputError(confidence_dir, "confidence maps not found: confidence floors need "
                                          "the confidence/ folder `zsplg label` writes beside "
@@ -200,12 +199,12 @@ def evaluate_folder(
                 continue
             try:
                 gt = read_index_map(gt_path, "label")
-            except OSError as e:  # includes PIL.UnidentifiedImageError
+            except (OSError, InputError) as e:  # includes PIL.UnidentifiedImageError
                 fail(sample.key, gt_path, f"cannot read ground truth: {e}")
                 continue
             try:
                 pred = read_index_map(pred_path, "prediction")
-            except OSError as e:
+            except (OSError, InputError) as e:
                 fail(sample.key, pred_path, f"cannot read prediction: {e}")
                 continue
             if pred.shape != gt.shape:
@@ -234,7 +233,7 @@ def evaluate_folder(
                 confidence_path = confidence_dir / f"{sample.key}.png"
                 try:
                     confidence = read_index_map(confidence_path, "confidence map") / 255.0
-                except OSError as e:
+                except (OSError, InputError) as e:
                     fail(sample.key, confidence_path, f"cannot read confidence map: {e}")
                     continue
                 if confidence.shape != gt.shape:

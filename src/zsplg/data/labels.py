@@ -175,6 +175,14 @@ def write_label_png(
     _atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
+class LabelModeError(InputError):
+    """A label file that is not a single-channel index map (a colour-coded mask, say)."""
+
+    def __init__(self, path: str | PathLike[str], mode: str) -> None:
+        super().__init__(path, f"{mode} label: expected a single-channel index PNG")
+        self.mode = mode
+
+
 def read_label(
     path: str | PathLike[str],
     num_classes: int | None = None,
@@ -190,7 +198,7 @@ def read_label(
     img = load_pil(p, exif=False)
     mode = img.mode
     if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        raise InputError(p, f"{mode} label: expected a single-channel index PNG")
+        raise LabelModeError(p, mode)
     if mode in ("P", "L"):
         arr = np.asarray(img, dtype=np.uint8)
     elif mode == "1":
@@ -202,7 +210,7 @@ def read_label(
             raise InputError(p, f"label values {lo}..{hi} do not fit 0..255")
         arr = raw.astype(np.uint8)
     else:
-        raise InputError(p, f"{mode} label: expected a single-channel index PNG")
+        raise LabelModeError(p, mode)
     if expected_size is not None and tuple(arr.shape) != tuple(expected_size):
         raise InputError(
             p,

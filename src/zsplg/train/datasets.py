@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import read_label
+from zsplg.data.run_folder import CONFIDENCE
 from zsplg.data.sources import Sample
 from zsplg.train.augment import (
     IGNORE,
@@ -142,7 +143,7 @@ class UnlabelledDataset(_EpochSeeded):
         self.confidence_dir = None
         if self.min_confidence > 0 and self.pseudo_label_dir is not None:
             # `zsplg label` writes OUT/labels/KEY.png and OUT/confidence/KEY.png
-            self.confidence_dir = self.pseudo_label_dir.parent / "confidence"
+            self.confidence_dir = self.pseudo_label_dir.parent / CONFIDENCE
             if not self.confidence_dir.is_dir():
                 raise InputError(self.confidence_dir, "confidence maps not found: a minimum "
                                  "pseudo-label confidence needs the confidence/ folder that "

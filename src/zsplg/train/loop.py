@@ -28,6 +28,7 @@ from zsplg import IGNORE_INDEX
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
+from zsplg.data.run_folder import CONFIG_FILE, HISTORY_FILE, LABELS, METRICS_FILE
 from zsplg.data.sources import Sample, list_images, read_pair_list
 from zsplg.metrics import ConfusionMatrix, compute_metrics
 from zsplg.runtime.device import resolve_device
@@ -68,7 +69,7 @@ def pseudo_label_folder(path: str) -> Path:
     p = Path(path)
     if not p.is_dir():
         raise InputError(p, "pseudo-label folder not found")
-    return p / "labels" if (p / "labels").is_dir() else p
+    return p / LABELS if (p / LABELS).is_dir() else p
 
 
 def match_pseudo_labels(samples: list[Sample], folder: Path) -> tuple[list[Sample], int]:
@@ -316,10 +317,10 @@ class Trainer:
                                  "unlabelled_images": len(self.unlabelled),
                                  "pseudo_labels_found": self.pseudo_found,
                                  "val_images": len(self.val)}
-        atomic_write_text(self.out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write_text(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 
     def _history(self, start_step: int) -> Any:
-        path = self.out / "history.jsonl"
+        path = self.out / HISTORY_FILE
         kept: list[str] = []
         if start_step > 0 and path.exists():
             for line in path.read_text().splitlines():
@@ -471,12 +472,12 @@ class Trainer:
         if main:
             final = self._final_metrics()
             result.update(final)
-            atomic_write_text(self.out / "metrics.json", json.dumps(result, indent=2))
+            atomic_write_text(self.out / METRICS_FILE, json.dumps(result, indent=2))
         return result
 
     def _final_metrics(self) -> dict:
         """The last validation record (the final model), read back from the history."""
-        path = self.out / "history.jsonl"
+        path = self.out / HISTORY_FILE
         last: dict = {}
         for line in path.read_text().splitlines():
             record = json.loads(line)

@@ -20,6 +20,7 @@ from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import atomic_write_bytes, atomic_write_text, write_label_png
 from zsplg.data.overlay import overlay
+from zsplg.data.run_folder import ERRORS_FILE, LABELS, RUN_FILE
 from zsplg.data.sources import Sample, resolve_sources
 from zsplg.runtime.device import resolve_device
 from zsplg.runtime.progress import Reporter, or_silent
@@ -69,8 +70,8 @@ def run_predict(config: PredictConfig, reporter: Reporter | None = None) -> dict
     model, state = load_model(config.checkpoint, device)
     samples: list[Sample] = resolve_sources(config.images_dir, config.pair_list)
     out = Path(config.out)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    errors_path = out / "errors.jsonl"
+    (out / LABELS).mkdir(parents=True, exist_ok=True)
+    errors_path = out / ERRORS_FILE
     failures: list[dict] = []
     started = time.time()
     with reporter.task("predict", total=len(samples)) as task:
@@ -79,7 +80,7 @@ def run_predict(config: PredictConfig, reporter: Reporter | None = None) -> dict
                 image = read_image(sample.image)
                 label = predict_image(model, image, device, config.mode, config.window,
                                       config.stride)
-                write_label_png(out / "labels" / f"{sample.key}.png", label)
+                write_label_png(out / LABELS / f"{sample.key}.png", label)
                 if config.overlays:
                     path = out / "overlays" / f"{sample.key}.jpg"
                     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def run_predict(config: PredictConfig, reporter: Reporter | None = None) -> dict
             "counts": {"images": len(samples), "predicted": len(samples) - len(failures),
                        "failed": len(failures)},
             "seconds": round(time.time() - started, 2)}
-    atomic_write_text(out / "run.json", json.dumps(info, indent=2))
+    atomic_write_text(out / RUN_FILE, json.dumps(info, indent=2))
     return info
 
 
