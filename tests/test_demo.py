@@ -81,3 +81,17 @@ def test_demo_command_end_to_end(tmp_path):
     run = json.loads((out / "pseudo" / "run.json").read_text())
     assert run["status"] == "finished" and run["counts"]["failed"] == 0
     assert run["counts"]["labelled"] == len(keys)
+
+
+def test_legend_names_the_painted_classes_inside_the_image():
+    from zsplg.data.overlay import with_legend
+
+    image = np.full((60, 200, 3), 90, np.uint8)
+    label = np.zeros((60, 200), np.uint8)
+    label[:30, :100] = 8  # cat
+    drawn = with_legend(image, label, ["background"] + ["x"] * 7 + ["cat"], skip=(0, 255))
+    assert drawn.shape == image.shape
+    bottom = drawn[45:, :60]
+    assert (bottom > 200).any()  # the legend's light box sits in the bottom-left corner
+    assert (drawn[:20, 150:] == 90).all()  # the rest of the image is untouched
+    assert (with_legend(image, np.zeros_like(label), ["background"], skip=(0,)) == image).all()

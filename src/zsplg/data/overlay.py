@@ -29,35 +29,43 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5,
 
 def with_legend(image: np.ndarray, label: np.ndarray, names: Sequence[str],
                 skip: Collection[int] = ()) -> np.ndarray:
-    """``image`` with a strip below naming the colour of each class the label uses.
+    """``image`` with a legend, drawn in its bottom-left corner, naming the colour of
+    each class the label uses.
 
-    Without it a reader of an overlay has to guess which colour is which class;
-    ``skip``: ids left out of the legend (those the overlay left unpainted).
+    Without it a reader of an overlay has to guess which colour is which class.
+    Drawn inside the image so the overlay keeps the image's size (files line up
+    with their images and labels). ``skip``: ids left out (those left unpainted).
     """
     ids = [int(i) for i in np.unique(label) if int(i) not in skip and int(i) < len(names)]
+    if not ids:
+        return image.copy()
     font = ImageFont.load_default()
-    swatch, pad = 12, 6
-    width = image.shape[1]
-    rows: list[list[tuple[int, str, int]]] = [[]]
+    swatch, pad = 12, 4
+    widths = [swatch + 4 + int(font.getlength(names[i])) for i in ids]
+    height, width = image.shape[:2]
+    rows: list[list[int]] = [[]]  # indices into ids, row by row, wrapped at the image width
     x = pad
-    for class_id in ids:
-        text = names[class_id]
-        text_width = int(font.getlength(text))
-        item = swatch + 4 + text_width + 2 * pad
-        if x + item > width and rows[-1]:
+    for index, item in enumerate(widths):
+        if x + item + pad > width and rows[-1]:
             rows.append([])
             x = pad
-        rows[-1].append((class_id, text, x))
-        x += item
-    height = (swatch + pad) * len(rows) + pad if ids else 0
-    canvas = Image.new("RGB", (width, image.shape[0] + height), "white")
-    canvas.paste(Image.fromarray(image), (0, 0))
-    draw = ImageDraw.Draw(canvas)
+        rows[-1].append(index)
+        x += item + 2 * pad
+    box_height = len(rows) * (swatch + pad) + pad
+    box_width = min(width, max(sum(widths[i] + 2 * pad for i in row) for row in rows) + pad)
+    canvas = Image.fromarray(image).convert("RGBA")
+    box = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(box)
+    top = max(0, height - box_height)
+    draw.rectangle((0, top, box_width, height), fill=(255, 255, 255, 200))
     colours = voc_colormap()
     for row_index, row in enumerate(rows):
-        y = image.shape[0] + pad + row_index * (swatch + pad)
-        for class_id, text, x0 in row:
-            draw.rectangle((x0, y, x0 + swatch, y + swatch),
-                           fill=tuple(int(c) for c in colours[class_id]), outline="black")
-            draw.text((x0 + swatch + 4, y), text, fill="black", font=font)
-    return np.asarray(canvas)
+        y = top + pad + row_index * (swatch + pad)
+        x = pad
+        for index in row:
+            class_id = ids[index]
+            draw.rectangle((x, y, x + swatch, y + swatch),
+                           fill=(*(int(c) for c in colours[class_id]), 255), outline="black")
+            draw.text((x + swatch + 4, y), names[class_id], fill="black", font=font)
+            x += widths[index] + 2 * pad
+    return np.asarray(Image.alpha_composite(canvas, box).convert("RGB"))
