@@ -23,7 +23,7 @@ from zsplg import IGNORE_INDEX
 from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size
-from zsplg.data.labels import LabelModeError, atomic_write_text, read_label
+from zsplg.data.labels import LabelModeError, atomic_write_text, read_index_array
 from zsplg.data.run_folder import CONFIDENCE, list_label_keys, match_samples
 from zsplg.data.sources import read_pair_list
 from zsplg.metrics import (
@@ -69,12 +69,12 @@ class NoImageScoredError(InputError):
 def read_index_map(path: Path, what: str = "label") -> np.ndarray:
     """A PNG as an (H, W) class-index array (palette images yield their indices).
 
-    The reading rules are `zsplg.data.labels.read_label`'s; a colour-coded mask
+    The reading rules are `zsplg.data.labels.read_index_array`'s; a colour-coded mask
     is refused here as a LabelFormatError, which stops the evaluation: it means
     the whole folder is in the wrong format, not that one file is bad.
     """
     try:
-        return read_label(path)
+        return read_index_array(path)
     except LabelModeError as exc:
         raise LabelFormatError(
             f"{what} {path} has image mode {exc.mode}; expected a single-channel index map "

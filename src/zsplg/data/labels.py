@@ -183,6 +183,25 @@ class LabelModeError(InputError):
         self.mode = mode
 
 
+def read_index_array(path: str | PathLike[str]) -> np.ndarray:
+    """A single-channel index image's values as integers (H, W), at their own bit depth.
+
+    The one rule for what counts as an index map: palette PNGs are read as
+    indices, never as colours; colour images are refused (:class:`LabelModeError`).
+    16-bit values are kept, so a caller can name the ids out of range.
+    """
+    p = Path(path)
+    img = load_pil(p, exif=False)
+    mode = img.mode
+    if mode in ("P", "L"):
+        return np.asarray(img, dtype=np.uint8)
+    if mode == "1":
+        return np.asarray(img).astype(np.uint8)
+    if mode.startswith("I"):
+        return np.asarray(img)
+    raise LabelModeError(p, mode)
+
+
 def read_label(
     path: str | PathLike[str],
     num_classes: int | None = None,
@@ -191,26 +210,15 @@ def read_label(
 ) -> np.ndarray:
     """Read a single-channel index label as uint8 (H, W), validating ids and size.
 
-    Palette PNGs are read as indices, never as colours; ``expected_size`` is the image
-    (height, width) the label must match.
+    ``expected_size`` is the image (height, width) the label must match.
     """
     p = Path(path)
-    img = load_pil(p, exif=False)
-    mode = img.mode
-    if mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        raise LabelModeError(p, mode)
-    if mode in ("P", "L"):
-        arr = np.asarray(img, dtype=np.uint8)
-    elif mode == "1":
-        arr = np.asarray(img).astype(np.uint8)
-    elif mode.startswith("I"):
-        raw = np.asarray(img)
-        lo, hi = int(raw.min()), int(raw.max())
+    arr = read_index_array(p)
+    if arr.dtype != np.uint8:
+        lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
             raise InputError(p, f"label values {lo}..{hi} do not fit 0..255")
-        arr = raw.astype(np.uint8)
-    else:
-        raise LabelModeError(p, mode)
+        arr = arr.astype(np.uint8)
     if expected_size is not None and tuple(arr.shape) != tuple(expected_size):
         raise InputError(
             p,
