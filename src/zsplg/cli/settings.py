@@ -221,7 +221,11 @@ def load_config(
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise InputError(p, f"invalid YAML: {' '.join(str(exc).split())}") from None
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = problem or " ".join(str(exc).split())
+        raise InputError(p, f"invalid YAML{where}: {detail}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
