@@ -240,8 +240,10 @@ class Trainer:
                                      num_classes=self.spec.num_classes,
                                      min_confidence=c.pseudo_min_confidence)
 
-        # The CutMix source gets its own augmentation seed, so an image drawn by both
-        # streams in one epoch is still two independent crops (as with UniMatch's two loaders).
+        # The CutMix source is its own stream with its own order and augmentation seed,
+        # so a box is pasted from another image, as CutMix intends. UniMatch's unimatch.py
+        # differs: it zips the same loader twice (one sampler, one epoch), so its source is
+        # the same image in another augmented view.
         return (lab_it,
                 self._loader(unlabelled(c.seed), c.u_batch_size, UNLABELLED_STREAM, start),
                 self._loader(unlabelled(c.seed + 1), c.u_batch_size, MIX_STREAM, start))
