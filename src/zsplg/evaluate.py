@@ -386,13 +386,3 @@ def run_eval(config: EvalConfig, reporter: Reporter | None = None) -> tuple[dict
         raise NoImageScoredError(pred_dir, f"no image was scored: each of the "
                                            f"{len(errors)} failed (see {errors_path(json_path)})")
     return metrics, json_path
-
-
-def evaluate_with_progress(pred_dir: Path, pair_list: Path, classes: Path,
-                           json_path: Path | None = None, reporter: Reporter | None = None,
-                           confidence_floors: Sequence[float] = ()) -> tuple[dict, Path]:
-    """:func:`run_eval` for callers that hold paths rather than an :class:`EvalConfig`."""
-    return run_eval(EvalConfig(pred=str(pred_dir), pair_list=str(pair_list),
-                               classes=str(classes),
-                               json_path=str(json_path) if json_path else None,
-                               confidence_floors=list(confidence_floors)), reporter)
