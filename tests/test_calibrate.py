@@ -415,3 +415,34 @@ def test_cli_calibrate_reports_bad_input_in_one_line(tmp_path):
                                           "--out", "z", option, value])
         assert result.exit_code == 2 and words in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_calibrate_then_label_reads_only_the_labelled_lists_ground_truth(tmp_path, monkeypatch):
+    """The protocol's guarantee: calibrating (and then labelling) never opens the ground
+    truth of an image it treats as unlabelled, even when the list to label carries it."""
+    import PIL.Image
+
+    pairs = make_dataset(tmp_path / "data", 12, seed=3)
+    lines = pairs.read_text().split("\n")
+    (tmp_path / "labelled.txt").write_text("\n".join(lines[:6]) + "\n")
+    (tmp_path / "to_label.txt").write_text("\n".join(lines[6:12]) + "\n")  # labels included
+    for name in ("labelled.txt", "to_label.txt"):  # entries relative to the data folder
+        text = (tmp_path / name).read_text().replace("images/", str(pairs.parent / "images") + "/")
+        (tmp_path / name).write_text(text.replace("labels/", str(pairs.parent / "labels") + "/"))
+    allowed = {str(pairs.parent / line.split()[1]) for line in lines[:6]}
+    opened: list[str] = []
+    real_open = PIL.Image.open
+
+    def recording_open(fp, *args, **kwargs):
+        opened.append(str(Path(fp).resolve()) if isinstance(fp, (str, Path)) else repr(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(PIL.Image, "open", recording_open)
+    patch_backends(monkeypatch, ColourModel(bias={0: -0.6}))
+    out = tmp_path / "run"
+    info = label(LabelConfig(classes=str(pairs.parent / "classes.txt"), out=str(out),
+                             pair_list=str(tmp_path / "to_label.txt"),
+                             calibrate_on=str(tmp_path / "labelled.txt")))
+    assert info["counts"]["labelled"] == 6
+    ground_truth = {p for p in opened if str(pairs.parent / "labels") in p}
+    assert ground_truth and ground_truth <= {str(Path(p).resolve()) for p in allowed}

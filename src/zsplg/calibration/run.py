@@ -136,7 +136,8 @@ def run_calibrate(config: CalibrateConfig, reporter: Reporter | None = None,
     labeller = labeller or Labeller.from_names(
         spec, config.masks, config.vl, device=config.device, max_side=config.max_side,
         sam_checkpoint=config.sam_checkpoint, clip_checkpoint=config.clip_checkpoint,
-        points_per_side=config.points_per_side, cache_masks=config.cache_masks)
+        points_per_side=config.points_per_side, cache_masks=config.cache_masks,
+        precision=config.precision)
     model = labeller.uncalibrated_model
     reporter.log(f"calibrating on {config.pair_list}: masks {labeller.mask_generator.name}, "
                  f"vision-language {model.name}")

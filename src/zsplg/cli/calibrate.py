@@ -12,7 +12,8 @@ from zsplg.cli.settings import CommandSettings
 
 HELP = {
     **{key: LABEL_HELP[key] for key in ("sam_checkpoint", "clip_checkpoint", "points_per_side",
-                                        "overlap", "uncovered", "unknown", "max_side", "device")},
+                                        "overlap", "uncovered", "unknown", "max_side", "device",
+                                        "precision")},
     "pair_list": "Labelled pair-list ('image label' a line).",
     "classes": "classes.txt or a YAML class spec.",
     "out": "Calibration file to write (JSON).",

@@ -42,6 +42,8 @@ HELP = {
                       "confidence maps keep every value.",
     "max_side": "Images are processed at most this long side.",
     "device": "auto, cpu, cuda, cuda:N or mps.",
+    "precision": "Image encoders' precision (SAM, SAM 2.1, CLIP): auto (bf16 on a GPU, fp32 "
+                 "on CPU), fp32, bf16, fp16. Mask decoding, filters and naming stay fp32.",
     "overwrite": "Relabel a folder made with other settings.",
     "calibration": "Calibration file from `zsplg calibrate` (thresholds, offsets, templates, "
                    "few-shot head).",

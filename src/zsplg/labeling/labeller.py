@@ -16,7 +16,7 @@ from zsplg.labeling.painting import ScoreColumns
 from zsplg.labeling.settings import AnnotatorConfig, LabelConfig
 from zsplg.masks import MaskGenerator, build_mask_generator, resolve_mask_generator_name
 from zsplg.runtime.device import resolve_device
-from zsplg.vl import build_vl_model
+from zsplg.vl import build_vl_model, resolve_vl_name
 from zsplg.vl.base import DenseVisionLanguageModel
 from zsplg.vl.prompts import DEFAULT_TEMPLATES, class_prompts
 
@@ -78,13 +78,20 @@ class Labeller:
                    annotator: AnnotatorConfig | None = None, device: str = "auto",
                    templates: tuple[str, ...] = DEFAULT_TEMPLATES, max_side: int = 1024,
                    sam_checkpoint: str | None = None, clip_checkpoint: str | None = None,
-                   points_per_side: int = 32, cache_masks: bool = False) -> Labeller:
+                   points_per_side: int = 32, cache_masks: bool = False,
+                   precision: str = "auto") -> Labeller:
+        """precision: the image encoders' (SAM, SAM 2.1, CLIP; see
+        zsplg.runtime.device.resolve_precision); other backends ignore it."""
         device = resolve_device(device)
         mask_name = resolve_mask_generator_name(masks, sam_checkpoint)
-        sam_options = {"points_per_side": points_per_side} if mask_name.startswith("sam") else {}
+        sam_options = ({"points_per_side": points_per_side, "precision": precision}
+                       if mask_name.startswith("sam") else {})
         mask_generator = build_mask_generator(mask_name, sam_checkpoint, device=device,
                                               cache=cache_masks, **sam_options)
-        vl_model = build_vl_model(vl, device=device, clip_checkpoint=clip_checkpoint)
+        vl_name = resolve_vl_name(vl, clip_checkpoint)
+        vl_options = {"precision": precision} if vl_name.startswith("clip") else {}
+        vl_model = build_vl_model(vl_name, device=device, clip_checkpoint=clip_checkpoint,
+                                  **vl_options)
         return cls(spec, mask_generator, vl_model, annotator, templates, max_side)
 
     @classmethod
@@ -92,7 +99,7 @@ class Labeller:
         return cls.from_names(spec, config.masks, config.vl, config.annotator_config(),
                               config.device, config.templates, config.max_side,
                               config.sam_checkpoint, config.clip_checkpoint,
-                              config.points_per_side, config.cache_masks)
+                              config.points_per_side, config.cache_masks, config.precision)
 
     def with_calibration(self, calibration: LabellerCalibration,
                          annotator: AnnotatorConfig | None = None) -> Labeller:

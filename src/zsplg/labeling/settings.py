@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 from zsplg.choices import OVERLAP_POLICIES, UNCOVERED_POLICIES, UNKNOWN_POLICIES
 from zsplg.masks import resolve_mask_generator_name
-from zsplg.runtime.device import check_device_name
+from zsplg.runtime.device import check_device_name, check_precision_name
 from zsplg.vl import resolve_vl_name
 from zsplg.vl.prompts import DEFAULT_TEMPLATES
 
@@ -97,6 +97,8 @@ class BackendConfig:
     points_per_side: int = 32
     cache_masks: bool = False
     device: str = "auto"
+    # the image encoders' (SAM, SAM 2.1, CLIP); decoding, filters and naming stay fp32
+    precision: str = "auto"
 
     def validate_backends(self) -> None:
         """Names and ranges, checked before any file is read or model loaded."""
@@ -107,6 +109,7 @@ class BackendConfig:
         if self.points_per_side < 1:
             raise ValueError(f"points_per_side must be >= 1, got {self.points_per_side}")
         check_device_name(self.device)
+        check_precision_name(self.precision)
 
     def backend_names(self) -> tuple[str, str]:
         """The mask generator and vision-language backend that `auto` stands for here."""

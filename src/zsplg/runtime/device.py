@@ -57,3 +57,45 @@ def resolve_device(name: str = "auto", local_rank: int | None = None) -> str:
             raise DeviceError("--device mps: Apple's Metal backend is only available on macOS "
                               "with Apple silicon; use --device cpu or auto")
     return name
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def check_precision_name(name: str) -> None:
+    """Spelling only: auto, fp32, bf16 or fp16."""
+    if name not in PRECISIONS:
+        raise DeviceError(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def resolve_precision(name: str, device: str | object) -> str:
+    """``auto`` -> bf16 on a CUDA GPU that has it (fp16 on one that does not), fp32
+    elsewhere: the encoders' matrix products are most of a labelling run's time, and
+    reduced precision is what makes them fast on a GPU; a CPU gains nothing from it.
+
+    Where zsplg uses the result, only the image encoders run in it: the mask decoder,
+    the predicted-IoU, stability and NMS decisions, and the naming scores are fp32.
+    """
+    import torch
+
+    check_precision_name(name)
+    kind = torch.device(str(device)).type
+    if name == "auto":
+        if kind != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DeviceError("--precision bf16: this GPU has no bf16 support; use fp16 or fp32")
+    return name
+
+
+def autocast_for(precision: str, device: str | object):
+    """The autocast context for a resolved precision (a no-op for fp32)."""
+    import contextlib
+
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=torch.device(str(device)).type, dtype=dtype)

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from zsplg.runtime.device import resolve_device
+from zsplg.runtime.device import autocast_for, resolve_device, resolve_precision
 
 WEIGHTS_NAME = "clip-vit-b-16-openai"
 MODEL_NAME = "ViT-B-16"
@@ -323,8 +323,8 @@ class ClipGemBackend:
 
     def __init__(self, model: nn.Module, dense_mode: str = "gem", device: str = "auto",
                  input_size: int = 448, gem_depth: int = 6, gem_iterations: int = 1,
-                 resize: str = "square", amp: bool = True, model_name: str = MODEL_NAME,
-                 weights: str | None = None) -> None:
+                 resize: str = "square", precision: str = "auto",
+                 model_name: str = MODEL_NAME, weights: str | None = None) -> None:
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
         if input_size <= 0:
@@ -339,9 +339,8 @@ class ClipGemBackend:
         self.resize = resize
         self.model_name = model_name
         self.weights = weights
-        self.amp = amp and self.device.type == "cuda"
-        self.amp_dtype = (torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported()
-                          else torch.float16)
+        # the encoders' precision ("auto": bf16 on cuda); similarities are fp32 either way
+        self.precision = resolve_precision(precision, self.device)
         self.tokenizer = _tokenizer(model_name, getattr(model, "context_length", 77))
         self.mean = torch.tensor(OPENAI_MEAN, device=self.device).view(3, 1, 1)
         self.std = torch.tensor(OPENAI_STD, device=self.device).view(3, 1, 1)
@@ -352,10 +351,10 @@ class ClipGemBackend:
         return {"name": self.name, "model": self.model_name, "weights": self.weights,
                 "dense_mode": self.dense_mode, **gem, "input_size": self.input_size,
                 "resize": self.resize,
-                "precision": str(self.amp_dtype).removeprefix("torch.") if self.amp else "fp32"}
+                "precision": self.precision}
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
+        return autocast_for(self.precision, self.device)
 
     def network_size(self, height: int, width: int) -> tuple[int, int]:
         """Network input size: a square input_size, or the long side to input_size with
@@ -421,7 +420,7 @@ def build_clip_backend(checkpoint: str | Path | None = None, dense_mode: str = "
     model: an already-built open_clip CLIP (tests pass tiny random ones); else the
     OpenAI ViT-B/16 checkpoint is found by zsplg.runtime.weights (checkpoint overrides the
     managed location) and loaded strictly. options: ClipGemBackend's keywords
-    (gem_depth, gem_iterations, resize, amp).
+    (gem_depth, gem_iterations, resize, precision).
     """
     if dense_mode not in DENSE_MODES:
         raise ValueError(f"dense_mode must be one of {DENSE_MODES}, got {dense_mode!r}")

@@ -10,9 +10,9 @@ point grid 64 prompts at a time and upsamples *every* candidate's 256 x 256 logi
 the full image (two bilinear resizes: to the encoder's 1024 square, then to the original
 size) before it filters, then RLE-encodes the survivors in Python. Here:
 
-1. the image is encoded once and all grid points are decoded in one batch (on CUDA, under
-   bf16/fp16 autocast), through the predictor's prompt encoder and mask decoder minus
-   `predict_torch`'s upsampling;
+1. the image is encoded once (on CUDA, the encoder under bf16 autocast by default; see
+   ``precision``) and all grid points are decoded in one batch, in fp32, through the
+   predictor's prompt encoder and mask decoder minus `predict_torch`'s upsampling;
 2. the predicted-IoU filter runs on the decoder's scores, before any upsampling;
 3. the stability score, and for its survivors the box that NMS needs, are computed from
    the LOW-RESOLUTION logits (zsplg.masks.sam.engine), with the decisions and boxes
@@ -52,7 +52,7 @@ from zsplg.masks.sam.engine import (
     stability_decision,
 )
 from zsplg.masks.sam.regions import postprocess_small_regions
-from zsplg.runtime.device import resolve_device
+from zsplg.runtime.device import autocast_for, resolve_device, resolve_precision
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -90,7 +90,7 @@ class SamMaskGenerator:
                  device: torch.device, points_per_side: int, points_per_batch: int | None,
                  pred_iou_thresh: float, stability_score_thresh: float,
                  stability_score_offset: float, box_nms_thresh: float, long_side: int,
-                 min_mask_region_area: int) -> None:
+                 min_mask_region_area: int, precision: str = "auto") -> None:
         img_size = int(model.image_encoder.img_size)
         if long_side > img_size or long_side < 1:
             raise ValueError(f"long_side must be in 1..{img_size} (the SAM encoder's input "
@@ -99,14 +99,15 @@ class SamMaskGenerator:
             raise ValueError("min_mask_region_area must be >= 0")
         self._setup(model, variant, checkpoint, device, points_per_side, points_per_batch,
                     pred_iou_thresh, stability_score_thresh, stability_score_offset,
-                    box_nms_thresh)
+                    box_nms_thresh, precision)
         self.long_side = int(long_side)
         self.min_mask_region_area = int(min_mask_region_area)
 
     def _setup(self, model: torch.nn.Module, variant: str, checkpoint: Path | None,
                device: torch.device, points_per_side: int, points_per_batch: int | None,
                pred_iou_thresh: float, stability_score_thresh: float,
-               stability_score_offset: float, box_nms_thresh: float) -> None:
+               stability_score_offset: float, box_nms_thresh: float,
+               precision: str = "auto") -> None:
         """What SAM and SAM 2.1 (a subclass) set up alike: the everything-mode settings
         and the caches of the shared decode pipeline."""
         if points_per_side < 1:
@@ -117,6 +118,8 @@ class SamMaskGenerator:
         self.variant = variant
         self.checkpoint = checkpoint
         self.device = device
+        # the image encoder's precision; decoding and every filter decision stay fp32
+        self.precision = resolve_precision(precision, device)
         self.points_per_side = int(points_per_side)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = float(pred_iou_thresh)
@@ -136,12 +139,6 @@ class SamMaskGenerator:
         self._checkpoint_bytes = checkpoint.stat().st_size if checkpoint is not None else None
 
     # ----------------------------------------------------------------- settings
-
-    @property
-    def precision(self) -> str:
-        if self.device.type != "cuda":
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
     def config(self) -> dict:
         return self._settings({"encoder_img_size": int(self.model.image_encoder.img_size)},
@@ -172,10 +169,9 @@ class SamMaskGenerator:
         return settings
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        """For the image encoder only: its outputs are cast back to fp32 before decoding,
+        so the predicted-IoU, stability and NMS decisions are made on fp32 values."""
+        return autocast_for(self.precision, self.device)
 
     # ----------------------------------------------------------------- generation
 
@@ -245,7 +241,7 @@ class SamMaskGenerator:
         input_size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
         with self._autocast():
             features = self.model.image_encoder(self.model.preprocess(tensor))
-        return features, input_size
+        return features.float(), input_size
 
     def _decode(self, features: torch.Tensor, points: np.ndarray,
                 image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,17 +284,16 @@ class SamMaskGenerator:
 
         prompt_encoder, decoder = self.model.prompt_encoder, self.model.mask_decoder
         low_res, iou = [], []
-        with self._autocast():
-            dense_pe = prompt_encoder.get_dense_pe()
-            for part in chunks(int(in_points.shape[0]), batch):
-                sparse, dense = prompt_encoder(
-                    points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
-                    masks=None)
-                masks, scores = decode_point_prompts(decoder, features, dense_pe, sparse, dense,
-                                                     multimask_output=True)
-                low_res.append(masks.float().flatten(0, 1))
-                iou.append(scores.float().flatten(0, 1))
-                del masks, scores, sparse, dense
+        dense_pe = prompt_encoder.get_dense_pe()
+        for part in chunks(int(in_points.shape[0]), batch):
+            sparse, dense = prompt_encoder(
+                points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
+                masks=None)
+            masks, scores = decode_point_prompts(decoder, features, dense_pe, sparse, dense,
+                                                 multimask_output=True)
+            low_res.append(masks.float().flatten(0, 1))
+            iou.append(scores.float().flatten(0, 1))
+            del masks, scores, sparse, dense
         return torch.cat(low_res), torch.cat(iou)
 
     def _geometry(self, low_res_size: torch.Size, input_size: tuple[int, int],
@@ -461,16 +456,18 @@ def build_sam_generator(variant: str = "vit_b", checkpoint: str | Path | None = 
                         pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                         stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7,
                         long_side: int = 1024, min_mask_region_area: int = 0,
-                        ) -> SamMaskGenerator:
+                        precision: str = "auto") -> SamMaskGenerator:
     """SAM everything-mode generator (SamAutomaticMaskGenerator's masks, up to the float
     rounding of the restructured decoder).
 
     variant: "vit_b", "vit_l" or "vit_h". checkpoint: the weights file; None -> the file
     `zsplg weights fetch sam-vit-b` (etc.) stores (WeightsMissingError when absent). model:
     an already-built `segment_anything.modeling.Sam` (then checkpoint, if given, only names
-    the file it came from in config()). device: "auto" (cuda, else cpu) or any torch device;
-    on cuda the encoder and decoder run under bf16 (fp16 where bf16 is unsupported)
-    autocast. points_per_batch: prompts per decoder call; None -> all points at once on cuda
+    the file it came from in config()). device: "auto" (cuda, else cpu) or any torch device.
+    precision: the image encoder's, "auto" (bf16 on cuda, fp16 where bf16 is unsupported,
+    fp32 elsewhere), "fp32", "bf16" or "fp16"; the decoder and the filter decisions are
+    fp32 whatever it is, and "fp32" gives the reference's masks (to float rounding) on
+    any device. points_per_batch: prompts per decoder call; None -> all points at once on cuda
     (halved on out-of-memory), 64 on cpu.
     long_side: the image's long side for the encoder (<= its input size, 1024 for the
     official models; the reference always uses the input size). min_mask_region_area > 0:
@@ -487,4 +484,4 @@ def build_sam_generator(variant: str = "vit_b", checkpoint: str | Path | None = 
         points_per_side=points_per_side, points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
         stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
-        long_side=long_side, min_mask_region_area=min_mask_region_area)
+        long_side=long_side, min_mask_region_area=min_mask_region_area, precision=precision)

@@ -51,7 +51,8 @@ class Sam2MaskGenerator(SamMaskGenerator):
     def __init__(self, model: SAM2Base, *, variant: str, checkpoint: Path | None,
                  device: torch.device, points_per_side: int, points_per_batch: int | None,
                  pred_iou_thresh: float, stability_score_thresh: float,
-                 stability_score_offset: float, box_nms_thresh: float) -> None:
+                 stability_score_offset: float, box_nms_thresh: float,
+                 precision: str = "auto") -> None:
         from sam2.sam2_image_predictor import SAM2ImagePredictor
 
         # the shared pipeline binarises at model.mask_threshold, which SAM's model class
@@ -60,7 +61,7 @@ class Sam2MaskGenerator(SamMaskGenerator):
             model.mask_threshold = 0.0
         self._setup(model, variant, checkpoint, device, points_per_side, points_per_batch,
                     pred_iou_thresh, stability_score_thresh, stability_score_offset,
-                    box_nms_thresh)
+                    box_nms_thresh, precision)
         self.image_size = int(model.image_size)
         self.long_side = self.image_size  # SAM 2 always resizes to its square input
         self.min_mask_region_area = 0  # see the module docstring
@@ -85,6 +86,9 @@ class Sam2MaskGenerator(SamMaskGenerator):
             self.predictor.set_image(image)
         features = self.predictor._features
         self.predictor.reset_predictor()
+        # decode in fp32 (see SamMaskGenerator._autocast): the filters decide on its values
+        features = {"image_embed": features["image_embed"].float(),
+                    "high_res_feats": [f.float() for f in features["high_res_feats"]]}
         return features, (self.image_size, self.image_size)
 
     def _decode(self, features: dict, points: np.ndarray,
@@ -109,17 +113,16 @@ class Sam2MaskGenerator(SamMaskGenerator):
         image_embed = features["image_embed"]
         high_res = list(features["high_res_feats"])
         low_res, iou = [], []
-        with self._autocast():
-            dense_pe = prompt_encoder.get_dense_pe()
-            for part in chunks(int(in_points.shape[0]), batch):
-                sparse, dense = prompt_encoder(
-                    points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
-                    masks=None)
-                masks, scores = decode_sam2_point_prompts(decoder, image_embed, dense_pe,
-                                                          sparse, dense, high_res)
-                low_res.append(masks.float().flatten(0, 1))
-                iou.append(scores.float().flatten(0, 1))
-                del masks, scores, sparse, dense
+        dense_pe = prompt_encoder.get_dense_pe()
+        for part in chunks(int(in_points.shape[0]), batch):
+            sparse, dense = prompt_encoder(
+                points=(in_points[part, None, :], in_labels[part, None]), boxes=None,
+                masks=None)
+            masks, scores = decode_sam2_point_prompts(decoder, image_embed, dense_pe,
+                                                      sparse, dense, high_res)
+            low_res.append(masks.float().flatten(0, 1))
+            iou.append(scores.float().flatten(0, 1))
+            del masks, scores, sparse, dense
         return torch.cat(low_res), torch.cat(iou)
 
     # ----------------------------------------------------------------- geometry
@@ -146,7 +149,7 @@ def build_sam2_generator(variant: str = "tiny", checkpoint: str | Path | None = 
                          points_per_side: int = 32, points_per_batch: int | None = None,
                          pred_iou_thresh: float = 0.88, stability_score_thresh: float = 0.95,
                          stability_score_offset: float = 1.0, box_nms_thresh: float = 0.7,
-                         ) -> Sam2MaskGenerator:
+                         precision: str = "auto") -> Sam2MaskGenerator:
     """SAM 2.1 everything-mode generator (SAM2AutomaticMaskGenerator's masks, up to the
     float rounding of the restructured decoder).
 
@@ -154,8 +157,9 @@ def build_sam2_generator(variant: str = "tiny", checkpoint: str | Path | None = 
     {"model": state_dict}); None -> the file `zsplg weights fetch sam2.1-hiera-tiny` (or
     -small) stores (WeightsMissingError when absent). model: an already-built sam2
     `SAM2Base` (then checkpoint, if given, only names the file it came from in config()).
-    device: "auto" (cuda, else cpu) or any torch device; on cuda the model runs under
-    bf16 (fp16 where bf16 is unsupported) autocast, as SAM 2's own examples do.
+    device: "auto" (cuda, else cpu) or any torch device. precision: the image encoder's,
+    as for SAM ("auto": bf16 on cuda, as SAM 2's own examples run, fp32 elsewhere); the
+    decoder and the filter decisions are fp32.
     points_per_batch: prompts per decoder call; None -> all at once on cuda (halved on
     out-of-memory), 64 on cpu. The thresholds default to SAM's (pred_iou_thresh 0.88, as
     the rest of zsplg uses; SAM2AutomaticMaskGenerator's own default is 0.8).
@@ -168,5 +172,6 @@ def build_sam2_generator(variant: str = "tiny", checkpoint: str | Path | None = 
         device=torch.device(resolve_device(str(device))),
         points_per_side=points_per_side, points_per_batch=points_per_batch,
         pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-        stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh)
+        stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+        precision=precision)
 
