@@ -256,13 +256,20 @@ def test_auto_mode_compares_modes_and_few_shot_learns_the_colours(dataset):
     ticks: list[tuple[int, int]] = []
     calibration = calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None,
                             progress=lambda done, total: ticks.append((done, total)))
-    # 3 cross-fitted heads, 3 modes x 3 folds, then the chosen mode fitted on everything
-    assert ticks == [(i, 13) for i in range(1, 14)]
+    # 3 cross-fitted heads, and per outer fold 3 heads that never saw it; per outer fold
+    # 3 modes fitted on the other folds and, to choose among them, 3 modes x 2 inner
+    # folds; then the chosen mode fitted on everything: 3 + 9 + 27 + 1
+    assert ticks == [(i, 40) for i in range(1, 41)]
     modes = calibration.report["modes"]
     assert set(modes) == {"zero-shot", "few-shot", "fused"}
     assert modes["few-shot"]["miou"] > 90
     assert calibration.mode in ("few-shot", "fused") and calibration.head is not None
-    assert calibration.report["after"]["miou"] == max(m["miou"] for m in modes.values())
+    # "after" is the nested estimate of choosing, not the best of the modes' estimates
+    selected = calibration.report["selected_per_fold"]
+    assert len(selected) == 3 and set(selected) <= set(modes)
+    if len(set(selected)) == 1:
+        assert calibration.report["after"]["miou"] == modes[selected[0]]["miou"]
+    assert calibration.report["after"]["miou"] > 90
 
 
 def test_conse_fast_scorer_equals_class_probabilities():
@@ -446,3 +453,30 @@ def test_calibrate_then_label_reads_only_the_labelled_lists_ground_truth(tmp_pat
     assert info["counts"]["labelled"] == 6
     ground_truth = {p for p in opened if str(pairs.parent / "labels") in p}
     assert ground_truth and ground_truth <= {str(Path(p).resolve()) for p in allowed}
+
+
+def test_no_head_that_scores_for_a_choice_saw_the_fold_it_is_judged_on(dataset, monkeypatch):
+    """Nested cross-fitting: while outer fold f is held out, every few-shot head (the ones
+    that score the other folds for tuning, and the one that scores f) was fitted
+    without f's images."""
+    import zsplg.calibration.search as search_module
+
+    model = ColourModel(bias={0: 0.8})
+    spec = load_class_spec(dataset.parent / "classes.txt")
+    lset = reduced(dataset, model)
+    folds = search_module.make_folds(len(lset), 3, 0)
+    fitted: list[set[int]] = []
+    real_fit = search_module._Problem.fit_head
+
+    def recording_fit(self, image_indices):
+        fitted.append({int(i) for i in image_indices})
+        return real_fit(self, image_indices)
+
+    monkeypatch.setattr(search_module._Problem, "fit_head", recording_fit)
+    calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None)
+    # 3 plain cross-fitted heads, then 3 per held-out fold, in fold order
+    assert len(fitted) == 3 + 9 + 1
+    for fold in range(3):
+        held = set(np.flatnonzero(folds == fold).tolist())
+        for trained_on in fitted[3 + 3 * fold: 6 + 3 * fold]:
+            assert trained_on and not trained_on & held

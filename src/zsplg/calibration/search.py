@@ -7,13 +7,16 @@ maximise the pseudo labels' mIoU, and can add a few-shot head
 reduced once (`zsplg.calibration.labelled_set`), so a trial paints no pixel.
 
 Honesty: the labelled images are split into k folds. For each fold, every
-choice (templates, threshold, temperature, few-shot weight, offsets, and the
-few-shot head itself) is made on the other folds only, and the fold is then
-labelled with it; the held-out confusions of all folds give the cross-validated
-mIoU reported as "after". "before" is the uncalibrated labeller on the same
-images. The few-shot weight and offsets are tuned on cross-fitted head scores
-(each image scored by a head that never saw it), so the tuning sees scores as
-noisy as the ones of unlabelled images.
+choice (templates, threshold, temperature, few-shot weight, offsets, the
+few-shot head itself, and in mode "auto" the mode) is made on the other folds
+only, and the fold is then labelled with it; the held-out confusions of all
+folds give the cross-validated mIoU reported as "after". The cross-validation is
+nested wherever a score chooses: the few-shot weight and offsets are tuned on
+cross-fitted head scores of the other folds (each image scored by a head that saw
+neither it nor the held-out fold), and the mode is the one an inner
+cross-validation over the other folds prefers, so "after" is the estimate of the
+whole procedure, not the best of three estimates. "before" is the uncalibrated
+labeller on the same images.
 
 The search, per fold: the grid of (templates, threshold, temperature[, weight])
 with zero offsets, then coordinate ascent on one additive log-score offset per
@@ -132,15 +135,25 @@ class _Problem:
         return FewShotHead.fit(x, y, self.spec.num_classes, sample_weight=w, l2=FEWSHOT_L2)
 
     def cross_fitted_fewshot(self, log: Callable[[str], None],
-                             step: Callable[[], None] = lambda: None) -> np.ndarray:
-        """(M, K) few-shot column scores, each image scored by a head that never saw it."""
+                             step: Callable[[], None] = lambda: None,
+                             held_out: int | None = None) -> np.ndarray:
+        """(M, K) few-shot column scores, each image scored by a head that never saw it.
+
+        held_out: an outer fold kept out of every head: the other folds are cross-fitted
+        among themselves, and the held-out fold is scored by a head fitted on all of them,
+        so scores that choose a setting never carry that fold's labels."""
         out = np.zeros((len(self.lset.pooled), len(self.column_ids)), dtype=np.float32)
+        inside = self.folds != held_out if held_out is not None else np.ones_like(self.folds,
+                                                                                    bool)
         for fold in np.unique(self.folds):
-            train = np.flatnonzero(self.folds != fold)
+            train = np.flatnonzero(inside & (self.folds != fold))
+            if fold == held_out or len(train) == 0:  # (two folds: no inner split exists)
+                train = np.flatnonzero(inside)
             head = self.fit_head(train)
             rows = self.lset.masks_of_images(np.flatnonzero(self.folds == fold))
             out[rows] = head_columns(head.log_probs(self.lset.pooled[rows]), self.column_ids)
-            log(f"few-shot head for fold {fold + 1}: {len(train)} training images")
+            if held_out is None:
+                log(f"few-shot head for fold {fold + 1}: {len(train)} training images")
             step()
         return out
 
@@ -322,7 +335,9 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
     assignment = make_folds(len(lset), folds, seed)
     num_folds = int(assignment.max() + 1)
     uses_head = bool(set(modes) - {"zero-shot"})
-    total_steps = ((num_folds if uses_head else 0) + len(modes) * num_folds
+    choosing = len(modes) > 1
+    total_steps = ((num_folds * (num_folds + 1) if uses_head else 0)
+                   + len(modes) * num_folds * (num_folds if choosing else 1)
                    + (1 if final == "best" else len(modes)))
     done = 0
 
@@ -338,22 +353,55 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
     everything = np.arange(len(lset))
     zeros = np.zeros(len(problem.column_ids), dtype=np.float32)
     before = problem.confusion(_Setting(*problem.default_key, weight=0.0, offsets=zeros), None)
-    report = {"images": len(lset), "folds": int(assignment.max() + 1), "seed": seed,
-              "before": _metrics(before, spec), "modes": {}}
+    report: dict = {"images": len(lset), "folds": num_folds, "seed": seed,
+                    "before": _metrics(before, spec), "modes": {}}
     log(f"uncalibrated zero-shot: mIoU {report['before']['miou']:.2f} on {len(lset)} images")
-    for name in modes:
-        total = np.zeros_like(before)
-        for fold in range(report["folds"]):
-            train = np.flatnonzero(assignment != fold)
-            setting = problem.fit(train, name, fewshot)
-            total += problem.confusion(setting, fewshot, lset.atoms_of_images(
-                np.flatnonzero(assignment == fold)))
+    # Nested cross-validation. For each outer fold: few-shot scores that never saw it,
+    # every mode fitted on the other folds and scored on it, and (when several modes
+    # compete) the mode that an inner cross-validation over the other folds alone would
+    # choose. The chosen modes' outer confusions are the estimate of the whole procedure.
+    per_mode = {name: np.zeros_like(before) for name in modes}
+    procedure = np.zeros_like(before)
+    selected = []
+    for fold in range(num_folds):
+        inside = np.flatnonzero(assignment != fold)
+        held = lset.atoms_of_images(np.flatnonzero(assignment == fold))
+        scores = problem.cross_fitted_fewshot(log, step, held_out=fold) if uses_head else None
+        outer = {}
+        for name in modes:
+            outer[name] = problem.confusion(problem.fit(inside, name, scores), scores, held)
+            per_mode[name] += outer[name]
             step()
-        report["modes"][name] = _metrics(total, spec)
+        if choosing:
+            inner = {}
+            others = np.unique(assignment[inside])
+            for name in modes:
+                total = np.zeros_like(before)
+                for other in others:
+                    fit_on = np.flatnonzero((assignment != fold) & (assignment != other))
+                    if len(others) < 2:  # two folds: choose on the other fold in-sample
+                        fit_on = inside
+                    total += problem.confusion(
+                        problem.fit(fit_on, name, scores), scores,
+                        lset.atoms_of_images(np.flatnonzero(assignment == other)))
+                    step()
+                inner[name] = miou_of(total)
+            pick = max(modes, key=lambda m: inner[m])
+        else:
+            pick = modes[0]
+        selected.append(pick)
+        procedure += outer[pick]
+    for name in modes:
+        report["modes"][name] = _metrics(per_mode[name], spec)
         log(f"{name}: cross-validated mIoU {report['modes'][name]['miou']:.2f}")
     chosen = max(modes, key=lambda m: report["modes"][m]["miou"])
     report["chosen"] = chosen
-    report["after"] = report["modes"][chosen]
+    # "after" estimates what choosing did, not the best of the modes' estimates
+    report["after"] = _metrics(procedure, spec)
+    report["selected_per_fold"] = selected
+    if choosing:
+        log(f"choosing among {', '.join(modes)} (nested): mIoU "
+            f"{report['after']['miou']:.2f}; chose {chosen}")
     head = problem.fit_head(everything) if uses_head else None
     out = {}
     for name in (chosen,) if final == "best" else modes:
