@@ -73,3 +73,14 @@ def kvasir_split(root: Path = DATA / "kvasir-seg") -> dict[str, list[str]]:
     val, rest = lines[:n_val], lines[n_val:]
     return {"labelled": sorted(rest[:n_labelled]), "unlabelled": sorted(rest[n_labelled:]),
             "all_train": sorted(rest), "val": sorted(val)}
+
+
+def voc_split(root: Path = DATA / "voc2012-mini") -> dict[str, list[str]]:
+    """voc2012-mini's semi-supervised setting, the paper's dataset: 1/8 of train labelled
+    (`random.Random(0).sample(sorted train lines, len // 8)`), the rest unlabelled, val
+    reported. label_quality's few-label VOC rows use the same labelled lines."""
+    train = _lines(root / "train.txt")
+    labelled = sorted(random.Random(0).sample(train, len(train) // 8))
+    chosen = set(labelled)
+    return {"labelled": labelled, "unlabelled": [x for x in train if x not in chosen],
+            "all_train": train, "val": _lines(root / "val.txt")}

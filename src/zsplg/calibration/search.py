@@ -66,6 +66,17 @@ MIN_PURITY = 0.5  # a mask is a few-shot example of its majority class if at lea
 # (a head fitted on the labelled train images, scored on other train images) area weights
 # beat 1 / sqrt(area), and of L2 1e-3 to 3e-1 the values from 3e-2 to 1e-1 did best.
 FEWSHOT_L2 = 0.05
+# How a few-shot example counts: "area" (its pixel count, times purity for masks),
+# "sqrt-area" or "uniform". benchmarks/fewshot_choice.py compares them.
+FEWSHOT_WEIGHTING = "area"
+
+
+def _example_weights(area: np.ndarray) -> np.ndarray:
+    if FEWSHOT_WEIGHTING == "sqrt-area":
+        return np.sqrt(area)
+    if FEWSHOT_WEIGHTING == "uniform":
+        return (area > 0).astype(np.float64)
+    return area.astype(np.float64)
 
 
 @dataclass
@@ -122,12 +133,12 @@ class _Problem:
             keep &= purity >= MIN_PURITY
             feats.append(image.pooled[keep])
             labels.append(counts.argmax(axis=1)[keep])
-            weights.append(total[keep] * purity[keep])
+            weights.append(_example_weights(total[keep] * purity[keep]))
             if len(image.region_class):
                 feats.append(image.region_pooled)
                 labels.append(image.region_class)
                 region_area = image.atom_gt.sum(axis=0)[image.region_class]
-                weights.append(region_area.astype(np.float64))
+                weights.append(_example_weights(region_area))
         return np.concatenate(feats), np.concatenate(labels), np.concatenate(weights)
 
     def fit_head(self, image_indices: np.ndarray) -> FewShotHead:
