@@ -14,9 +14,9 @@ candidate near a threshold can still fall the other way. This script measures th
 The models are full-size and randomly initialised (no SAM or CLIP weights can be
 downloaded where this runs): their predicted IoU rarely passes SAM's 0.88, so the masks
 are compared with the filters loosened (``--pred-iou-thresh``, ``--stability-thresh``,
-default 0 and 0: only NMS decides) as well as at SAM's defaults. Trained weights give the filters other
-values to decide on; with real checkpoints pass ``--sam-checkpoint`` and
-``--clip-checkpoint`` to measure those.
+default 0 and 0: only NMS decides) as well as at SAM's defaults. Trained weights give
+the filters other values to decide on; with real checkpoints pass ``--sam-checkpoint``
+and ``--clip-checkpoint`` to measure those.
 
     python benchmarks/precision_agreement.py --device cuda --images 4
     python benchmarks/precision_agreement.py --smoke            # CPU, toy models, fp32 vs bf16

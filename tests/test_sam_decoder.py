@@ -209,3 +209,113 @@ def test_generator_with_a_plain_decoder_matches_reference(monkeypatch):
     np.testing.assert_allclose(result.proposals.scores[mine], ref_scores[theirs], atol=1e-5)
     np.testing.assert_allclose(result.stability[mine], ref_stability[theirs], atol=1e-3)
     assert np.abs(result.proposals.areas[mine] - ref_areas[theirs]).max() <= 2
+
+
+# --- the CPU chunks on worker threads (map_prompt_chunks) ---------------------------
+
+@pytest.fixture
+def two_torch_threads():
+    """Two intra-op threads for one test (the module runs with one): the decoders then
+    spread their chunks over two single-threaded workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_threaded_chunks_are_bitwise_the_serial_loop(monkeypatch, two_torch_threads):
+    """Workers change where a chunk runs, not what it computes: the same bits as one
+    thread, in the same order; every chunk runs with one intra-op thread, and the
+    caller's thread count, grad and inference mode hold in the workers and after."""
+    prompt_encoder, decoder = tiny_parts(depth=2)
+    monkeypatch.setattr(sam_decoder, "_CHUNK", 2)
+    seen = []
+    real = sam_decoder.two_way_transformer
+
+    def recording(*args):
+        seen.append((torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        return real(*args)
+
+    monkeypatch.setattr(sam_decoder, "two_way_transformer", recording)
+    with torch.inference_mode():
+        args = inputs(prompt_encoder, points=13)
+        torch.set_num_threads(1)
+        serial = decode_point_prompts(decoder, *args)
+        torch.set_num_threads(2)
+        seen.clear()
+        threaded = decode_point_prompts(decoder, *args)
+        library = reference(decoder, *args)
+    assert torch.get_num_threads() == 2
+    assert len(seen) == 7 and all(entry == (1, True) for entry in seen)
+    assert threaded[0].is_inference() and threaded[1].is_inference()
+    for mine, alone in zip(threaded, serial, strict=True):
+        assert torch.equal(mine, alone)
+    assert_close(library, threaded)
+    with torch.no_grad():  # grad mode reaches the workers too
+        masks, iou = decode_point_prompts(decoder, *args)
+    assert not masks.requires_grad and not iou.requires_grad
+
+
+def test_map_prompt_chunks_order_errors_and_fallbacks(two_torch_threads):
+    import threading
+
+    parts = [slice(i, i + 1) for i in range(9)]
+    assert sam_decoder.map_prompt_chunks(lambda p: p.start * 10, parts,
+                                         torch.device("cpu")) == [i * 10 for i in range(9)]
+
+    def failing(part: slice) -> int:
+        if part.start == 5:
+            raise ValueError("chunk 5")
+        return part.start
+
+    with pytest.raises(ValueError, match="chunk 5"):
+        sam_decoder.map_prompt_chunks(failing, parts, torch.device("cpu"))
+    assert torch.get_num_threads() == 2  # restored after a failure too
+    # off the CPU (one launch per op: the GPU needs no workers) and with one thread:
+    # the plain loop in the caller's thread
+    caller = threading.get_ident()
+    for device, threads in ((torch.device("meta"), 2), (torch.device("cpu"), 1)):
+        torch.set_num_threads(threads)
+        threads_seen = sam_decoder.map_prompt_chunks(
+            lambda p: (threading.get_ident(), torch.get_num_threads()), parts, device)
+        assert threads_seen == [(caller, threads)] * 9
+
+
+def test_sam2_threaded_chunks_are_bitwise_the_serial_loop(monkeypatch, two_torch_threads):
+    """SAM 2.1's restructured decoder spreads its chunks the same way."""
+    from sam2.modeling.sam.mask_decoder import MaskDecoder as Sam2MaskDecoder
+    from sam2.modeling.sam.transformer import TwoWayTransformer as Sam2Transformer
+
+    from zsplg.masks.sam2 import decoder as sam2_decoder
+
+    dim, grid = 32, 16
+    torch.manual_seed(0)
+    decoder = Sam2MaskDecoder(
+        transformer_dim=dim, iou_head_hidden_dim=32, use_high_res_features=True,
+        transformer=Sam2Transformer(depth=2, embedding_dim=dim, num_heads=2, mlp_dim=64)).eval()
+    generator = torch.Generator().manual_seed(2)
+    embed = torch.randn(1, dim, grid, grid, generator=generator)
+    image_pe = torch.randn(1, dim, grid, grid, generator=generator)
+    sparse = torch.randn(11, 2, dim, generator=generator)
+    dense = torch.randn(1, dim, grid, grid, generator=generator).expand(11, -1, -1, -1)
+    high_res = [torch.randn(1, dim // 8, 4 * grid, 4 * grid, generator=generator),
+                torch.randn(1, dim // 4, 2 * grid, 2 * grid, generator=generator)]
+    assert sam2_decoder.supports_fast_path(decoder, embed, image_pe, dense, high_res)
+    monkeypatch.setattr(sam2_decoder, "_CHUNK", 3)
+    with torch.inference_mode():
+        torch.set_num_threads(1)
+        serial = sam2_decoder.decode_sam2_point_prompts(decoder, embed, image_pe, sparse,
+                                                        dense, high_res)
+        torch.set_num_threads(2)
+        threaded = sam2_decoder.decode_sam2_point_prompts(decoder, embed, image_pe, sparse,
+                                                          dense, high_res)
+        library, library_iou, _, _ = decoder(
+            image_embeddings=embed, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense, multimask_output=True, repeat_image=True,
+            high_res_features=high_res)
+    assert threaded[0].shape == (11, 3, 4 * grid, 4 * grid)
+    for mine, alone in zip(threaded, serial, strict=True):
+        assert torch.equal(mine, alone)
+    torch.testing.assert_close(threaded[0], library,
+                               atol=1e-4 * float(library.abs().max()), rtol=0)
+    torch.testing.assert_close(threaded[1], library_iou, atol=1e-5, rtol=1e-5)

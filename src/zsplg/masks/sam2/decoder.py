@@ -15,7 +15,9 @@ image embedding and the two high-resolution feature maps (32 x 256 x 256 and
   shared feature maps rearranged once into that layout and added by broadcasting, never
   repeated;
 * on the CPU the prompts go a few at a time, so that the per-prompt intermediates stay
-  small and are reused from the heap (see zsplg.masks.sam.decoder).
+  small and are reused from the heap, and the chunks are spread over single-threaded
+  worker threads (see zsplg.masks.sam.decoder.map_prompt_chunks: on a busy machine,
+  ops split over OpenMP threads wait at a barrier for descheduled threads).
 
 Any other decoder (a subclass, no high-resolution features, another upscaling) or input
 (several images, per-prompt dense embeddings) is passed to the library's decoder.
@@ -26,11 +28,18 @@ from __future__ import annotations
 import torch
 from torch.nn import functional
 
-from zsplg.masks.sam.decoder import is_standard_transformer, two_way_transformer
+from zsplg.masks.sam.decoder import (
+    is_standard_transformer,
+    map_prompt_chunks,
+    two_way_transformer,
+)
 
 __all__ = ["decode_sam2_point_prompts", "supports_fast_path"]
 
 _CHUNK = 4  # prompts decoded together on the CPU
+# on a GPU: large enough to fill it, small enough that the upscaling's image-sized
+# activations (no sub-steps here) stay a few GiB instead of the whole batch's 20+
+_GPU_CHUNK = 128
 
 
 def decode_sam2_point_prompts(decoder: torch.nn.Module, image_embed: torch.Tensor,
@@ -103,13 +112,10 @@ def _predict_masks(decoder: torch.nn.Module, image_embed: torch.Tensor,
         h * w * 16, -1)
     dc1, ln1, act1, dc2, act2 = tuple(decoder.output_upscaling)
 
-    shared: dict = {}
-    masks, iou_pred = [], []
-    batch = tokens.shape[0]
-    chunk = _CHUNK if src.device.type == "cpu" else batch
-    for part in range(0, batch, chunk):
-        hs, keys = two_way_transformer(decoder.transformer, src, pe,
-                                       tokens[part: part + chunk], shared)
+    shared: dict = {}  # the image's projections, computed once
+
+    def decode(part: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        hs, keys = two_way_transformer(decoder.transformer, src, pe, tokens[part], shared)
         mask_tokens_out = hs[:, offset + 1: offset + 1 + decoder.num_mask_tokens, :]
         hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp
                                 in enumerate(decoder.output_hypernetworks_mlps)], dim=1)
@@ -118,9 +124,14 @@ def _predict_masks(decoder: torch.nn.Module, image_embed: torch.Tensor,
         x = act1(functional.layer_norm(x, (x.shape[-1],), ln1.weight, ln1.bias, ln1.eps))
         x = act2(_conv(x, dc2) + s0)  # (b, h w 16, C0)
         x = torch.bmm(hyper_in, x.transpose(1, 2))  # (b, K, h w 16)
-        masks.append(x.view(b, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
-                     .reshape(b, -1, 4 * h, 4 * w))
-        iou_pred.append(decoder.iou_prediction_head(hs[:, offset, :]))
+        masks = (x.view(b, -1, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
+                 .reshape(b, -1, 4 * h, 4 * w))
+        return masks, decoder.iou_prediction_head(hs[:, offset, :])
+
+    batch = tokens.shape[0]
+    chunk = _CHUNK if src.device.type == "cpu" else _GPU_CHUNK
+    parts = [slice(begin, begin + chunk) for begin in range(0, batch, chunk)]
+    masks, iou_pred = zip(*map_prompt_chunks(decode, parts, src.device), strict=True)
     return torch.cat(masks), torch.cat(iou_pred)
 
 
