@@ -66,10 +66,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -222,19 +222,36 @@ def cuda_sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+class Sample(NamedTuple):
+    """This process after one image: what the trace keeps per image."""
+
+    seconds: float  # since the labelling loop started
+    rss_kib: int  # VmRSS
+    hwm_kib: int  # VmHWM, the peak RSS so far
+    cuda_allocated: int  # bytes held by live CUDA tensors (0 off CUDA)
+    malloc_in_use: int  # bytes malloc has handed out and not had back (-1 if unknown)
+    malloc_free_held: int  # freed bytes malloc keeps instead of returning them (-1)
+    python_blocks: int  # sys.getallocatedblocks(): live Python object memory blocks
+
+
 class MemoryTrace(Reporter):
     """The reporter `run_label` is given: its task's advance() runs after each image's
-    PNGs are written, so the samples are exactly the per-image states of a real run."""
+    PNGs are written, so the samples are exactly the per-image states of a real run.
+
+    RSS alone cannot tell a leak from the allocator keeping freed memory, so each
+    sample also reads glibc's mallinfo2 (bytes in use, freed bytes held) and the number
+    of live Python blocks, which leave the allocator's state untouched, unlike
+    --malloc-trim."""
 
     def __init__(self, device: str, trace_file: Path | None = None,
                  malloc_trim: bool = False) -> None:
         self.device = device
         self.trace_file = trace_file
         self.trim = _malloc_trim() if malloc_trim else None
+        self.mallinfo = _mallinfo2()
         self.cuda = device.startswith("cuda")
         self.started = time.perf_counter()
-        # per image: (seconds since the loop started, VmRSS KiB, VmHWM KiB, cuda allocated)
-        self.samples: list[tuple[float, int, int, int]] = []
+        self.samples: list[Sample] = []
         self.at: dict[str, dict[str, Any]] = {}
         self.window_start = (0, 0.0)  # (images, seconds) at the previous checkpoint
         self.cuda_peak = 0
@@ -260,30 +277,34 @@ class MemoryTrace(Reporter):
         if self.trim is not None:
             self.trim(0)
         seconds = time.perf_counter() - self.started
-        status = read_status(os.getpid()) or (-1, -1)
+        rss, hwm = read_status(os.getpid()) or (-1, -1)
         allocated = 0
         if self.cuda:
             import torch
 
             allocated = torch.cuda.memory_allocated(self.device)
-        self.samples.append((seconds, *status, allocated))
+        in_use, free_held = self.mallinfo() if self.mallinfo is not None else (-1, -1)
+        sample = Sample(seconds, rss, hwm, allocated, in_use, free_held,
+                        sys.getallocatedblocks())
+        self.samples.append(sample)
         done = len(self.samples)
         if self.trace_file is not None:  # per image, as it goes: a killed run keeps its trace
             with self.trace_file.open("a") as trace:
-                trace.write(json.dumps({"image": done, "seconds": round(seconds, 3),
-                                        "rss_kib": status[0], "hwm_kib": status[1],
-                                        "cuda_allocated": allocated}) + "\n")
+                trace.write(json.dumps({"image": done, **sample._asdict()}) + "\n")
         if done in CHECKPOINTS or done == total:
-            self.checkpoint(done, seconds, status, allocated)
+            self.checkpoint(done, sample)
             # a partial summary on stdout: a run killed at a time limit (gpu_suite.sh's
             # parts) still leaves its last checkpoint as the last JSON line
             print(json.dumps({"partial": True, **self.summary()}), flush=True)
 
-    def checkpoint(self, done: int, seconds: float, status: tuple[int, int],
-                   allocated: int) -> None:
+    def checkpoint(self, done: int, sample: Sample) -> None:
         before, then = self.window_start
+        seconds = sample.seconds
         record: dict[str, Any] = {
-            "rss_mib": round(status[0] / 1024), "hwm_mib": round(status[1] / 1024),
+            "rss_mib": _mib(sample.rss_kib * 1024), "hwm_mib": _mib(sample.hwm_kib * 1024),
+            "malloc_in_use_mib": _mib(sample.malloc_in_use),
+            "malloc_free_held_mib": _mib(sample.malloc_free_held),
+            "python_blocks": sample.python_blocks,
             "seconds": round(seconds, 2),
             "images_per_second_since_previous": round((done - before) / (seconds - then), 4)
             if seconds > then else None}
@@ -293,18 +314,18 @@ class MemoryTrace(Reporter):
             window_peak = torch.cuda.max_memory_allocated(self.device)
             self.cuda_peak = max(self.cuda_peak, window_peak)
             record.update({
-                "cuda_allocated_mib": round(allocated / 2**20),
-                "cuda_peak_since_previous_mib": round(window_peak / 2**20),
-                "cuda_max_allocated_mib": round(self.cuda_peak / 2**20),
-                "cuda_reserved_mib": round(torch.cuda.memory_reserved(self.device) / 2**20)})
+                "cuda_allocated_mib": _mib(sample.cuda_allocated),
+                "cuda_peak_since_previous_mib": _mib(window_peak),
+                "cuda_max_allocated_mib": _mib(self.cuda_peak),
+                "cuda_reserved_mib": _mib(torch.cuda.memory_reserved(self.device))})
             torch.cuda.reset_peak_memory_stats(self.device)
         self.at[str(done)] = record
         self.window_start = (done, seconds)
 
     def summary(self) -> dict[str, Any]:
-        """Checkpoints, RSS per tenth, and the RSS trend after WARM_UP images."""
+        """Checkpoints, RSS per tenth, and the trends after WARM_UP images."""
         total = len(self.samples)
-        rss = [s[1] / 1024 for s in self.samples]
+        rss = [s.rss_kib / 1024 for s in self.samples]
         tenths = {}
         for k in range(10):
             low, high = total * k // 10, total * (k + 1) // 10
@@ -313,27 +334,40 @@ class MemoryTrace(Reporter):
         out: dict[str, Any] = {"images": total, "at_images": self.at,
                                "mean_rss_mib_by_tenth": tenths}
         if total:
-            seconds = self.samples[-1][0]
+            seconds = self.samples[-1].seconds
             out["seconds"] = round(seconds, 1)
             out["seconds_per_image"] = round(seconds / total, 3)
             if total > 10:  # the first images pay for lazy initialisation, not throughput
-                steady = seconds - self.samples[9][0]
+                steady = seconds - self.samples[9].seconds
                 out["images_per_second_after_10"] = round((total - 10) / steady, 4)
-            out["peak_hwm_mib"] = round(self.samples[-1][2] / 1024)
+            out["peak_hwm_mib"] = round(self.samples[-1].hwm_kib / 1024)
         if total > WARM_UP:
-            warm = rss[WARM_UP - 1:]
-            out["rss_mib_from_50"] = {
-                "at_50": round(warm[0]), "at_last": round(warm[-1]),
-                "min": round(min(warm)), "max": round(max(warm)),
-                "change": round(warm[-1] - warm[0]),
-                "slope_mib_per_100_images": round(100 * _slope(warm), 2)}
+            warm = self.samples[WARM_UP - 1:]
+            out["rss_mib_from_50"] = _trend([s.rss_kib / 1024 for s in warm])
+            if warm[0].malloc_in_use >= 0:
+                out["malloc_in_use_mib_from_50"] = _trend([s.malloc_in_use / 2**20
+                                                           for s in warm])
+            out["python_blocks_from_50"] = _trend([float(s.python_blocks) for s in warm])
         if self.cuda and total:
-            allocated = [s[3] / 2**20 for s in self.samples]
+            allocated = [s.cuda_allocated / 2**20 for s in self.samples]
             out["cuda_allocated_mib_from_first"] = {
                 "min": round(min(allocated)), "max": round(max(allocated)),
                 "at_last": round(allocated[-1])}
-            out["cuda_max_allocated_mib"] = round(self.cuda_peak / 2**20)
+            out["cuda_max_allocated_mib"] = _mib(self.cuda_peak)
         return out
+
+
+def _mib(count: int) -> int | None:
+    """Bytes -> MiB; None for an unknown (negative) count."""
+    return round(count / 2**20) if count >= 0 else None
+
+
+def _trend(values: list[float]) -> dict[str, float]:
+    """First, last, range, change and least-squares slope per 100 images."""
+    return {"at_50": round(values[0]), "at_last": round(values[-1]),
+            "min": round(min(values)), "max": round(max(values)),
+            "change": round(values[-1] - values[0]),
+            "slope_per_100_images": round(100 * _slope(values), 2)}
 
 
 def _malloc_trim() -> Any:
@@ -342,6 +376,29 @@ def _malloc_trim() -> Any:
     import ctypes
 
     return ctypes.CDLL("libc.so.6").malloc_trim
+
+
+def _mallinfo2() -> Callable[[], tuple[int, int]] | None:
+    """A reader of glibc's mallinfo2 over all arenas: (bytes in use, including mmapped
+    chunks; freed bytes held). None off glibc or before 2.33."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    try:
+        function = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    function.restype = Info
+
+    def read() -> tuple[int, int]:
+        info = function()
+        return info.uordblks + info.hblkhd, info.fordblks
+
+    return read
 
 
 def _slope(values: list[float]) -> float:

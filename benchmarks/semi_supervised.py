@@ -9,6 +9,8 @@ the mean and standard deviation of val mIoU; the claim is judged on the default
 policy's mean, never on the best of several policies.
 
 CamVid: 46 labelled images (benchmarks/splits.py), 321 unlabelled, val.txt.
+voc2012-mini (--dataset voc, the paper's dataset): 1/8 of train.txt labelled
+(splits.voc_split: 38), the other 273 unlabelled, val.txt (161).
 Kvasir-SEG: 1/8 labelled, a fixed 20 % held out; its images are resized once to
 --kvasir-side (originals reach 1920 px, which a CPU budget cannot afford) into a
 cache folder.
@@ -65,7 +67,7 @@ import yaml
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from splits import DATA, camvid_split, kvasir_split  # noqa: E402
+from splits import DATA, camvid_split, kvasir_split, voc_split  # noqa: E402
 
 from zsplg.choices import DEFAULT_TARGET_POLICY  # noqa: E402
 from zsplg.data.run_folder import CONFIG_FILE, METRICS_FILE  # noqa: E402
@@ -74,7 +76,7 @@ from zsplg.runtime.progress import Level, Reporter, Task  # noqa: E402
 from zsplg.train.config import TrainConfig  # noqa: E402
 from zsplg.train.loop import train  # noqa: E402
 
-DATASET_FOLDERS = {"camvid": "camvid", "kvasir": "kvasir-seg"}
+DATASET_FOLDERS = {"camvid": "camvid", "kvasir": "kvasir-seg", "voc": "voc2012-mini"}
 SMOKE_IMAGES = 4
 SMOKE_SIDE = 240  # CamVid's 960x720 at a quarter: whole-image validation costs 1/16
 SMOKE_ROWS = "supervised,unimatch,enhanced"
@@ -178,6 +180,8 @@ def prepare(dataset: str, work: Path, kvasir_side: int,
     work.mkdir(parents=True, exist_ok=True)
     if dataset == "camvid":
         root, split = data_root, camvid_split(data_root)
+    elif dataset == "voc":
+        root, split = data_root, voc_split(data_root)
     else:
         root = _resized_kvasir(kvasir_side, work, data_root)
         split = kvasir_split(root)
@@ -372,7 +376,7 @@ def main() -> None:
     """Parse the options, prepare the split (or the smoke subset), run the rows, and
     print the result as the one line on stdout."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=("camvid", "kvasir"), default="camvid")
+    parser.add_argument("--dataset", choices=tuple(DATASET_FOLDERS), default="camvid")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="the dataset folder (default: ../shared/data/camvid or "
                              "kvasir-seg beside the repository); a copy must keep its lists")

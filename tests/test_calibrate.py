@@ -203,6 +203,12 @@ def test_atom_scoring_equals_painting_every_pixel(overlap, background):
     column_to_id = annotator.column_to_id
     labels = lset.atom_labels(probs, column_to_id, overlap)
     np.testing.assert_array_equal(lset.confusion(labels), expected.matrix)
+    # the atom confidence is the confidence map `zsplg label` writes (reliability bins)
+    painted_confidence = annotator.annotate_pooled(proposals, index_features).confidence
+    atom_of_pixel, _ = atoms_of(masks)
+    confidence = lset.atom_confidence(probs, overlap)
+    np.testing.assert_allclose(confidence[atom_of_pixel].reshape(height, width),
+                               painted_confidence, atol=1e-5)
 
 
 def test_reduce_records_ground_truth_per_mask_and_region():

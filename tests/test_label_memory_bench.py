@@ -24,7 +24,8 @@ def test_summary_reports_checkpoints_tenths_and_trend() -> None:
     # 100 images: RSS flat at 1000 MiB after a warm-up, then one MiB more per image
     for index in range(100):
         rss_mib = 900 + index if index < 20 else (1000 if index < 60 else 1000 + index - 59)
-        trace.samples.append((float(index + 1), rss_mib * 1024, 1200 * 1024, 0))
+        trace.samples.append(label_memory.Sample(float(index + 1), rss_mib * 1024,
+                                                 1200 * 1024, 0, 500 << 20, 0, 1000))
     summary = trace.summary()
     assert summary["images"] == 100 and summary["seconds_per_image"] == 1.0
     assert list(summary["mean_rss_mib_by_tenth"]) == [f"{k * 10 + 1}-{k * 10 + 10}"
@@ -32,7 +33,9 @@ def test_summary_reports_checkpoints_tenths_and_trend() -> None:
     assert summary["mean_rss_mib_by_tenth"]["41-50"] == 1000
     trend = summary["rss_mib_from_50"]
     assert (trend["at_50"], trend["at_last"], trend["change"]) == (1000, 1040, 40)
-    assert trend["slope_mib_per_100_images"] > 50  # the rise after image 60 shows
+    assert trend["slope_per_100_images"] > 50  # the rise after image 60 shows
+    # malloc's bytes in use stayed put: the kind of rise the allocator explains
+    assert summary["malloc_in_use_mib_from_50"]["change"] == 0
     assert summary["images_per_second_after_10"] == 1.0
 
 
@@ -44,6 +47,9 @@ def test_sample_checkpoints_at_the_listed_counts_and_the_last(capsys) -> None:
     assert list(trace.at) == ["1", "10", "12"]
     assert trace.at["12"]["rss_mib"] > 0 and trace.at["12"]["hwm_mib"] >= trace.at["12"][
         "rss_mib"]
+    assert trace.at["12"]["python_blocks"] > 0
+    if label_memory._mallinfo2() is not None:  # glibc: malloc's own count is read too
+        assert trace.at["12"]["malloc_in_use_mib"] > 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["images"] for line in lines] == [1, 10, 12]
     assert all(json.loads(line)["partial"] for line in lines)

@@ -158,7 +158,10 @@ def test_unlabelled_item_layout_and_strong_views(samples):
     dataset = UnlabelledDataset(pairs, CROP, pseudo_label_dir=pseudo_dir, seed=0)
     item = dataset[0]
     assert set(item) == {"img_w", "img_s1", "img_s2", "ignore_mask", "cutmix_box1",
-                         "cutmix_box2", "pseudo"}
+                         "cutmix_box2", "pseudo", "pseudo_weight"}
+    # without a reliability table every pseudo-labelled pixel counts fully
+    assert item["pseudo_weight"].dtype == torch.float32
+    assert torch.equal(item["pseudo_weight"], torch.ones(CROP, CROP))
     for key in ("img_w", "img_s1", "img_s2"):
         assert item[key].shape == (3, CROP, CROP) and item[key].dtype == torch.float32
     for key in ("ignore_mask", "cutmix_box1", "cutmix_box2", "pseudo"):

@@ -44,10 +44,16 @@ class Calibration:
     head: dict | None = None
     fitted_for: dict = field(default_factory=dict)  # spec digest, backends, overlap...
     report: dict = field(default_factory=dict)  # CV mIoU before/after, confusions
+    # How often the pseudo label is right per (class id, confidence bin), held out
+    # (zsplg.calibration.reliability); None in files made before it existed.
+    reliability: dict | None = None
 
     def to_json(self) -> str:
+        data = asdict(self)
+        if data["reliability"] is None:  # files without a table keep their digest
+            del data["reliability"]
         return json.dumps({"format": FORMAT, "format_version": FORMAT_VERSION,
-                           "zsplg_version": __version__, **asdict(self)}, indent=1) + "\n"
+                           "zsplg_version": __version__, **data}, indent=1) + "\n"
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self.to_json())

@@ -214,6 +214,10 @@ class LabelledSet:
         """(M, K) per-mask probabilities -> class id per atom, as the annotator paints."""
         return self.painter.labels(probs, column_to_id, overlap, uncovered_id)
 
+    def atom_confidence(self, probs: np.ndarray, overlap: str = "average") -> np.ndarray:
+        """(M, K) per-mask probabilities -> the confidence painted on each atom."""
+        return self.painter.confidence(probs, overlap)
+
     def confusion(self, atom_labels: np.ndarray, atoms: np.ndarray | None = None) -> np.ndarray:
         """(C, C + 1) confusion counts (last column: abstained) over the chosen atoms."""
         c = self.num_classes

@@ -39,6 +39,7 @@ import torch
 from zsplg.calibration.fewshot import FewShotHead, fuse_log_scores, head_columns, softmax_rows
 from zsplg.calibration.file import Calibration
 from zsplg.calibration.labelled_set import LabelledSet, miou_of
+from zsplg.calibration.reliability import BINS, PRIOR_ATOMS, count_correct, reliability_table
 from zsplg.choices import CALIBRATION_MODES
 from zsplg.data.classes import ClassSpec
 from zsplg.labeling.labeller import text_prompts
@@ -373,14 +374,17 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
     # choose. The chosen modes' outer confusions are the estimate of the whole procedure.
     per_mode = {name: np.zeros_like(before) for name in modes}
     procedure = np.zeros_like(before)
+    right = np.zeros((lset.num_classes, BINS))  # held-out pixels right / painted per cell
+    painted = np.zeros_like(right)
     selected = []
     for fold in range(num_folds):
         inside = np.flatnonzero(assignment != fold)
         held = lset.atoms_of_images(np.flatnonzero(assignment == fold))
         scores = problem.cross_fitted_fewshot(log, step, held_out=fold) if uses_head else None
-        outer = {}
+        outer, fitted = {}, {}
         for name in modes:
-            outer[name] = problem.confusion(problem.fit(inside, name, scores), scores, held)
+            fitted[name] = problem.fit(inside, name, scores)
+            outer[name] = problem.confusion(fitted[name], scores, held)
             per_mode[name] += outer[name]
             step()
         if choosing:
@@ -402,6 +406,13 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
             pick = modes[0]
         selected.append(pick)
         procedure += outer[pick]
+        # the held-out fold as the procedure labels it, for the reliability table
+        probs = softmax_rows(problem.logits(fitted[pick], scores))
+        labels = lset.atom_labels(probs, problem.column_to_id, overlap, problem.uncovered_id)
+        confidence = lset.atom_confidence(probs, overlap)
+        fold_correct, fold_total = count_correct(labels[held], confidence[held],
+                                                 lset.atom_gt[held])
+        right, painted = right + fold_correct, painted + fold_total
     for name in modes:
         report["modes"][name] = _metrics(per_mode[name], spec)
         log(f"{name}: cross-validated mIoU {report['modes'][name]['miou']:.2f}")
@@ -410,6 +421,10 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
     # "after" estimates what choosing did, not the best of the modes' estimates
     report["after"] = _metrics(procedure, spec)
     report["selected_per_fold"] = selected
+    atom_pixels = lset.atom_gt.sum(axis=1)
+    prior = PRIOR_ATOMS * float(np.median(atom_pixels[atom_pixels > 0])) if (
+        atom_pixels > 0).any() else 1.0
+    reliability = reliability_table(right, painted, prior)
     if choosing:
         log(f"choosing among {', '.join(modes)} (nested): mIoU "
             f"{report['after']['miou']:.2f}; chose {chosen}")
@@ -425,7 +440,7 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
             offsets=[round(float(v), 4) for v in setting.offsets],
             column_ids=problem.column_ids, fewshot_weight=float(setting.weight),
             head=None if setting.weight == 0 or head is None else head.to_dict(),
-            report=report)
+            report=report, reliability=reliability)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return out
 

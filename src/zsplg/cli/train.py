@@ -17,9 +17,12 @@ HELP = {
     "pseudo_labels": "Folder written by `zsplg label` (method enhanced).",
     "pseudo_min_confidence": "Pseudo-label pixels below this confidence (the label run's "
                              "confidence maps) are left to the teacher, as in unimatch.",
+    "pseudo_reliability": "Calibration file whose held-out reliability table weights the "
+                          "pseudo labels (policy reliability; default: the label run's "
+                          "calibration.json).",
     "val": "Validation pair-list.",
     "method": "supervised, unimatch or enhanced.",
-    "policy": "Enhanced labels: replace, confident-teacher or agreement.",
+    "policy": "Enhanced labels: reliability, replace, confident-teacher or agreement.",
     "backbone": "efficientnet-lite0/1/2, resnet50, resnet101 or timm:NAME.",
     "pretrained": "Start from ImageNet weights.",
     "backbone_weights": "Local backbone weights file (else the packaged/cached ones).",

@@ -154,3 +154,15 @@ class AtomPainter:
         labels = label_ids[column]
         labels[~self.covered] = uncovered_id
         return labels
+
+    def confidence(self, probs: np.ndarray, overlap: str) -> np.ndarray:
+        """(M, K) per-mask column probabilities -> the confidence painted on each atom
+        (what `zsplg label` writes to its confidence maps; 0 where no mask covers it)."""
+        if overlap == "average":
+            counts = np.asarray(self.members.sum(axis=1)).reshape(-1)
+            mean = np.asarray(self.members @ probs) / np.maximum(counts, 1.0)[:, None]
+            out = mean.max(axis=1)
+        else:
+            top = self.winners(overlap, probs.max(axis=1))
+            out = probs.max(axis=1)[np.maximum(top, 0)]
+        return np.where(self.covered, np.clip(out, 0.0, 1.0), 0.0)

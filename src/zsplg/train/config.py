@@ -27,6 +27,7 @@ class TrainConfig:
     unlabelled: str | None = None
     pseudo_labels: str | None = None
     pseudo_min_confidence: float = 0.0
+    pseudo_reliability: str | None = None
     val: str | None = None
     method: str = "unimatch"
     policy: str = DEFAULT_POLICY
@@ -94,6 +95,8 @@ class TrainConfig:
         if not 0 <= self.pseudo_min_confidence < 1:
             raise ValueError("pseudo_min_confidence: must be in [0, 1), got "
                              f"{self.pseudo_min_confidence}")
+        if self.pseudo_reliability and not self.pseudo_labels:
+            raise ValueError("pseudo_reliability needs pseudo_labels (a `zsplg label` folder)")
         if self.pseudo_min_confidence > 0 and not self.pseudo_labels:
             raise ValueError("pseudo_min_confidence needs pseudo_labels (a `zsplg label` folder)")
         if not 0 <= self.smoothing < 1:

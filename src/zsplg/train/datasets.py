@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from zsplg.calibration.reliability import lookup
 from zsplg.data.errors import InputError
 from zsplg.data.images import read_image
 from zsplg.data.labels import read_label
@@ -36,6 +37,8 @@ from zsplg.train.augment import (
     strong_augment,
     weak_augment,
 )
+
+RELIABILITY_STEPS = 254  # uint8 levels of a reliability map (255 is the padding fill)
 
 
 def _read_pair(image_path: Path, label_path: Path, num_classes: int | None,
@@ -123,7 +126,10 @@ class UnlabelledDataset(_EpochSeeded):
     Dict keys: img_w, img_s1, img_s2 (float 3xSxS), ignore_mask (long SxS:
     255 at padding, else 0), cutmix_box1, cutmix_box2 (long SxS 0/1), pseudo
     (long SxS: the pseudo label under img_w's geometry, 255 at padding; all
-    255 when there is no pseudo_label_dir or no file for this sample).
+    255 when there is no pseudo_label_dir or no file for this sample),
+    pseudo_weight (float SxS: the estimated reliability of each pseudo-labelled
+    pixel from ``reliability``, a table of ``zsplg.calibration.reliability``, looked
+    up by class and the label run's confidence; all ones without a table).
     Samples need no label file. A pseudo label whose size differs from its
     image raises InputError naming both files; with num_classes, one with
     values >= num_classes (other than 255) raises InputError naming it.
@@ -132,7 +138,8 @@ class UnlabelledDataset(_EpochSeeded):
     def __init__(self, samples: Sequence[Sample], crop_size: int,
                  pseudo_label_dir: str | PathLike[str] | None = None,
                  scale_range: tuple[float, float] = (0.5, 2.0), seed: int = 0,
-                 num_classes: int | None = None, min_confidence: float = 0.0) -> None:
+                 num_classes: int | None = None, min_confidence: float = 0.0,
+                 reliability: dict | None = None) -> None:
         super().__init__(samples, seed)
         self.crop_size, self.scale_range = _check_geometry(crop_size, scale_range)
         self.pseudo_label_dir = None if pseudo_label_dir is None else Path(pseudo_label_dir)
@@ -140,14 +147,17 @@ class UnlabelledDataset(_EpochSeeded):
             raise InputError(self.pseudo_label_dir, "pseudo-label folder not found")
         self.num_classes = num_classes
         self.min_confidence = float(min_confidence)
+        self.reliability = reliability if self.pseudo_label_dir is not None else None
         self.confidence_dir = None
-        if self.min_confidence > 0 and self.pseudo_label_dir is not None:
+        if ((self.min_confidence > 0 or self.reliability is not None)
+                and self.pseudo_label_dir is not None):
             # `zsplg label` writes OUT/labels/KEY.png and OUT/confidence/KEY.png
             self.confidence_dir = self.pseudo_label_dir.parent / CONFIDENCE
             if not self.confidence_dir.is_dir():
                 raise InputError(self.confidence_dir, "confidence maps not found: a minimum "
-                                 "pseudo-label confidence needs the confidence/ folder that "
-                                 "`zsplg label` writes beside labels/")
+                                 "pseudo-label confidence or the reliability policy needs "
+                                 "the confidence/ folder that `zsplg label` writes beside "
+                                 "labels/")
 
     def pseudo_label_path(self, sample: Sample) -> Path | None:
         """Where `zsplg label` wrote this sample's label (labels/<key>.png), if it exists."""
@@ -156,8 +166,8 @@ class UnlabelledDataset(_EpochSeeded):
         path = self.pseudo_label_dir / f"{sample.key}.png"
         return path if path.is_file() else None
 
-    def _drop_unsure(self, pseudo: np.ndarray, sample: Sample) -> np.ndarray:
-        """Pseudo label with pixels below min_confidence set to ignore (the teacher's)."""
+    def _confidence(self, pseudo: np.ndarray, sample: Sample) -> np.ndarray:
+        """The label run's confidence map for this sample, in [0, 1]."""
         assert self.confidence_dir is not None
         path = self.confidence_dir / f"{sample.key}.png"
         try:
@@ -170,7 +180,7 @@ class UnlabelledDataset(_EpochSeeded):
                                    f"{confidence.shape[1]} does not match its pseudo label's "
                                    f"{pseudo.shape[0]}x{pseudo.shape[1]}")
         # the maps hold round(confidence * 255)
-        return np.where(confidence / 255.0 < self.min_confidence, IGNORE, pseudo).astype(np.uint8)
+        return confidence / 255.0
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self.samples[index]
@@ -180,11 +190,19 @@ class UnlabelledDataset(_EpochSeeded):
             pseudo = np.full(image.shape[:2], IGNORE, dtype=np.uint8)
         else:
             image, pseudo = _read_pair(sample.image, pseudo_path, self.num_classes, IGNORE)
-            if self.confidence_dir is not None:
-                pseudo = self._drop_unsure(pseudo, sample)
+        # reliability in 1/254 steps rides through the geometry as a second mask
+        reliable = np.full(pseudo.shape, RELIABILITY_STEPS, dtype=np.uint8)
+        if pseudo_path is not None and self.confidence_dir is not None:
+            confidence = self._confidence(pseudo, sample)
+            if self.min_confidence > 0:  # below it, the pixel is the teacher's
+                pseudo = np.where(confidence < self.min_confidence, IGNORE,
+                                  pseudo).astype(np.uint8)
+            if self.reliability is not None:
+                reliable = np.rint(lookup(self.reliability, pseudo, confidence)
+                                   * RELIABILITY_STEPS).astype(np.uint8)
         rng = self.rng(index)
-        weak, (pseudo_crop,), padding = weak_augment(
-            Image.fromarray(image), [pseudo], rng, self.crop_size,
+        weak, (pseudo_crop, reliable_crop), padding = weak_augment(
+            Image.fromarray(image), [pseudo, reliable], rng, self.crop_size,
             self.scale_range)
         strong1 = strong_augment(weak, rng)
         box1 = cutmix_box(self.crop_size, rng)
@@ -199,6 +217,9 @@ class UnlabelledDataset(_EpochSeeded):
             "cutmix_box1": mask_tensor(box1),
             "cutmix_box2": mask_tensor(box2),
             "pseudo": mask_tensor(pseudo_crop),
+            "pseudo_weight": torch.from_numpy(
+                np.minimum(reliable_crop, RELIABILITY_STEPS).astype(np.float32)
+                / RELIABILITY_STEPS),
         }
 
 

@@ -25,10 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from zsplg import IGNORE_INDEX
+from zsplg.calibration.file import Calibration
+from zsplg.calibration.reliability import check_table, confidence_as_reliability
+from zsplg.calibration.run import CALIBRATION_FILE
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
-from zsplg.data.run_folder import CONFIG_FILE, HISTORY_FILE, LABELS, METRICS_FILE
+from zsplg.data.run_folder import CONFIDENCE, CONFIG_FILE, HISTORY_FILE, LABELS, METRICS_FILE
 from zsplg.data.sources import Sample, list_images, read_pair_list
 from zsplg.metrics import ConfusionMatrix, compute_metrics
 from zsplg.runtime.device import resolve_device
@@ -104,6 +107,31 @@ def match_pseudo_labels(samples: list[Sample], folder: Path) -> tuple[list[Sampl
     return samples, found
 
 
+def pseudo_reliability(config: TrainConfig, pseudo_dir: Path, num_classes: int
+                       ) -> tuple[dict, str]:
+    """The reliability table the ``reliability`` policy weights pseudo labels by, and
+    where it came from.
+
+    An explicit pseudo_reliability file must hold a usable table. Otherwise the label
+    run's calibration.json (written by `zsplg label --calibrate-on`) is used when it
+    has one; without labelled measurements the labeller's confidence stands in.
+    """
+    if config.pseudo_reliability:
+        path = Path(config.pseudo_reliability)
+        why = check_table(Calibration.load(path).reliability, num_classes)
+        if why is not None:
+            raise InputError(path, f"{why}; make it with `zsplg calibrate` on labelled images "
+                                   "of these classes")
+        return Calibration.load(path).reliability or {}, str(path)
+    path = pseudo_dir.parent / CALIBRATION_FILE
+    if path.is_file():
+        table = Calibration.load(path).reliability
+        if check_table(table, num_classes) is None:
+            assert table is not None
+            return table, str(path)
+    return confidence_as_reliability(num_classes), "the label run's confidence (no table)"
+
+
 def poly_lr(base: float, step: int, total: int, power: float) -> float:
     return base * (1 - step / total) ** power
 
@@ -170,11 +198,26 @@ class Trainer:
         self.unlabelled = unlabelled_samples(c.unlabelled) if c.unlabelled else []
         self.pseudo_dir: Path | None = None
         self.pseudo_found = 0
+        self.reliability: dict | None = None
+        self.reliability_source: str | None = None
         if c.method == "enhanced":
             assert c.pseudo_labels is not None
             self.pseudo_dir = pseudo_label_folder(c.pseudo_labels)
             self.unlabelled, self.pseudo_found = match_pseudo_labels(self.unlabelled,
                                                                      self.pseudo_dir)
+            if c.policy == "reliability" and not (self.pseudo_dir.parent / CONFIDENCE).is_dir():
+                self.reliability_source = "none (no confidence maps: pseudo labels count fully)"
+                self.reporter.log(f"no confidence maps beside {self.pseudo_dir} (`zsplg label` "
+                                  "writes confidence/): every pseudo-labelled pixel counts "
+                                  "fully, as with policy replace", level="warning")
+            elif c.policy == "reliability":
+                self.reliability, self.reliability_source = pseudo_reliability(
+                    c, self.pseudo_dir, self.spec.num_classes)
+                if self.reliability_source.startswith("the label run's"):
+                    self.reporter.log("no reliability table beside the pseudo labels (made by "
+                                      "`zsplg label --calibrate-on` or `zsplg calibrate`): "
+                                      "the labeller's confidence is taken as its reliability",
+                                      level="warning")
             if self.pseudo_found < len(self.unlabelled):
                 self.reporter.log(f"{len(self.unlabelled) - self.pseudo_found} of "
                                   f"{len(self.unlabelled)} unlabelled images have no pseudo "
@@ -238,7 +281,8 @@ class Trainer:
             return UnlabelledDataset(self.unlabelled, c.crop_size, pseudo_label_dir=pseudo,
                                      scale_range=scale, seed=seed,
                                      num_classes=self.spec.num_classes,
-                                     min_confidence=c.pseudo_min_confidence)
+                                     min_confidence=c.pseudo_min_confidence,
+                                     reliability=self.reliability)
 
         # The CutMix source is its own stream with its own order and augmentation seed,
         # so a box is pasted from another image, as CutMix intends. UniMatch's unimatch.py
@@ -318,6 +362,7 @@ class Trainer:
                                  "labelled_images": len(self.labelled),
                                  "unlabelled_images": len(self.unlabelled),
                                  "pseudo_labels_found": self.pseudo_found,
+                                 "pseudo_reliability": self.reliability_source,
                                  "val_images": len(self.val)}
         atomic_write_text(self.out / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
 

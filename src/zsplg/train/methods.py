@@ -88,7 +88,7 @@ def semi_supervised_step(model: nn.Module, settings: StepSettings, img_x: torch.
             pred_mix = model(mix["img_w"]).detach()
         mix_teacher, mix_conf = teacher_prediction(pred_mix)
         mix_target, mix_weight = targets_fn(mix_teacher, mix_conf, mix["pseudo"],
-                                            settings.conf_thresh)
+                                            settings.conf_thresh, mix.get("pseudo_weight"))
 
     img_u_s1 = paste_cutmix(unlabelled["img_s1"], box1, mix["img_s1"])
     img_u_s2 = paste_cutmix(unlabelled["img_s2"], box2, mix["img_s2"])
@@ -102,7 +102,8 @@ def semi_supervised_step(model: nn.Module, settings: StepSettings, img_x: torch.
         pred_u_s1, pred_u_s2 = model(torch.cat((img_u_s1, img_u_s2))).chunk(2)
 
     teacher, conf = teacher_prediction(pred_u_w)
-    target, weight = targets_fn(teacher, conf, unlabelled["pseudo"], settings.conf_thresh)
+    target, weight = targets_fn(teacher, conf, unlabelled["pseudo"], settings.conf_thresh,
+                                unlabelled.get("pseudo_weight"))
     target1, weight1, ignore1 = cutmix_targets(target, weight, ignore_mask, box1, mix_target,
                                                mix_weight, mix["ignore_mask"])
     target2, weight2, ignore2 = cutmix_targets(target, weight, ignore_mask, box2, mix_target,
