@@ -1,4 +1,9 @@
-"""Choose the few-shot head's L2 and example weighting from the labelled images alone.
+"""Choose calibration defaults from the labelled images alone.
+
+--choose fewshot (default): the few-shot head's L2 and example weighting.
+--choose offsets: the class-offset grid (none, +-2 or +-4 in log-score), in fused mode.
+--choose unknown: what a mask no class matches becomes, for class lists without a
+background class (`--unknown ignore` or `best-class`; CamVid only), in fused mode.
 
 For each dataset's labelled subset (benchmarks/splits.py: CamVid's 46, Kvasir-SEG's
 1/8, voc2012-mini's 1/8 of train), every (L2, weighting) pair is scored by the
@@ -12,7 +17,8 @@ at --max-side (default 512, to fit a CPU budget). Reductions are cached in
 
     python benchmarks/fewshot_choice.py --cache-dir /tmp/zsplg-fewshot
 
-Prints one JSON object: per dataset and pair, the cross-validated mIoU; the chosen pair.
+Prints one JSON object: per dataset and candidate, the cross-validated mIoU; the
+candidate with the best mean over the datasets.
 """
 
 from __future__ import annotations
@@ -40,6 +46,20 @@ SPLITS = {"camvid": (DATA / "camvid", camvid_split),
           "voc2012-mini": (DATA / "voc2012-mini", voc_split)}
 L2S = (1e-2, 5e-2, 1e-1, 3e-1)
 WEIGHTINGS = ("area", "sqrt-area")
+OFFSET_GRIDS = {"none": (0.0,),
+                "+-2": tuple(np.round(np.arange(-2.0, 2.01, 0.25), 2)),
+                "+-4": tuple(np.round(np.arange(-4.0, 4.01, 0.25), 2))}
+UNKNOWN = ("ignore", "best-class")
+
+
+def candidates(choose: str) -> list[tuple[str, dict]]:
+    """(name, what to set) per candidate of one choice."""
+    if choose == "fewshot":
+        return [(f"{l2:g}/{w}", {"FEWSHOT_L2": l2, "FEWSHOT_WEIGHTING": w})
+                for l2, w in itertools.product(L2S, WEIGHTINGS)]
+    if choose == "offsets":
+        return [(name, {"OFFSET_GRID": grid}) for name, grid in OFFSET_GRIDS.items()]
+    return [(name, {"unknown": name}) for name in UNKNOWN]
 
 
 def labelled_set(name: str, max_side: int, cache: Path, log) -> tuple[LabelledSet, object,
@@ -62,7 +82,11 @@ def labelled_set(name: str, max_side: int, cache: Path, log) -> tuple[LabelledSe
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="camvid,kvasir,voc2012-mini")
+    parser.add_argument("--choose", choices=("fewshot", "offsets", "unknown"),
+                        default="fewshot")
+    parser.add_argument("--datasets", default=None,
+                        help="comma list (default: camvid,kvasir,voc2012-mini; camvid "
+                             "with --choose unknown, the only one without a background)")
     parser.add_argument("--max-side", type=int, default=512)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cache-dir", type=Path, default=Path("fewshot-choice-cache"))
@@ -71,24 +95,36 @@ def main() -> None:
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    pairs = list(itertools.product(L2S, WEIGHTINGS))
+    options = candidates(args.choose)
+    mode = "few-shot" if args.choose == "fewshot" else "fused"
+    datasets = args.datasets or ("camvid" if args.choose == "unknown"
+                                 else "camvid,kvasir,voc2012-mini")
     table: dict[str, dict[str, float]] = {}
     sizes: dict[str, int] = {}
-    for name in args.datasets.split(","):
+    defaults = {key: getattr(search, key) for key in
+                ("FEWSHOT_L2", "FEWSHOT_WEIGHTING", "OFFSET_GRID")}
+    for name in datasets.split(","):
         if not SPLITS[name][0].is_dir():
             log(f"{name}: not found, skipped")
             continue
         lset, model, spec = labelled_set(name, args.max_side, args.cache_dir, log)
         table[name], sizes[name] = {}, len(lset)
-        for l2, weighting in pairs:
-            search.FEWSHOT_L2, search.FEWSHOT_WEIGHTING = l2, weighting
-            calibration = search.calibrate(lset, model, spec, mode="few-shot", folds=args.folds)
-            table[name][f"{l2:g}/{weighting}"] = calibration.report["after"]["miou"]
-            log(f"{name} L2 {l2:g} {weighting}: {table[name][f'{l2:g}/{weighting}']:.2f}")
+        for key, setting in options:
+            for attribute, value in defaults.items():  # one change at a time
+                setattr(search, attribute, value)
+            unknown = setting.get("unknown", "ignore")
+            for attribute, value in setting.items():
+                if attribute != "unknown":
+                    setattr(search, attribute, value)
+            calibration = search.calibrate(lset, model, spec, mode=mode, folds=args.folds,
+                                           unknown=unknown)
+            table[name][key] = calibration.report["after"]["miou"]
+            log(f"{name} {args.choose} {key}: {table[name][key]:.2f}")
     means = {key: round(float(np.mean([table[d][key] for d in table])), 2)
-             for key in (f"{l2:g}/{w}" for l2, w in pairs)} if table else {}
+             for key, _ in options} if table else {}
     chosen = max(means, key=means.get) if means else None
-    print(json.dumps({"max_side": args.max_side, "folds": args.folds,
+    print(json.dumps({"choose": args.choose, "mode": mode,
+                      "max_side": args.max_side, "folds": args.folds,
                       "labelled_images": sizes, "cv_miou": table,
                       "mean_over_datasets": means, "chosen": chosen}))
 

@@ -207,7 +207,8 @@ def resolved(folder: Path) -> dict:
         settings = yaml.safe_load((folder / CONFIG_FILE).read_text()).get("_resolved", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return {}
-    keys = ("device", "amp_dtype", "unlabelled_images", "pseudo_labels_found")
+    keys = ("device", "amp_dtype", "unlabelled_images", "pseudo_labels_found",
+            "pseudo_reliability")
     return {key: settings.get(key) for key in keys}
 
 
@@ -328,7 +329,9 @@ def run_rows(rows_wanted: list[str], files: dict[str, Path], args: argparse.Name
                                     labelled=str(files["labelled"]),
                                     unlabelled=str(files["unlabelled"]),
                                     pseudo_labels=str(args.pseudo_labels),
-                                    pseudo_min_confidence=floor))
+                                    pseudo_min_confidence=floor,
+                                    pseudo_reliability=(None if args.pseudo_reliability is None
+                                                        else str(args.pseudo_reliability))))
         else:
             parser.error(f"unknown row {row!r}")
     return rows
@@ -386,6 +389,9 @@ def main() -> None:
     parser.add_argument("--policies", default=DEFAULT_TARGET_POLICY,
                         help="enhanced policies to run (default: the default policy only)")
     parser.add_argument("--pseudo-labels", type=Path, default=None)
+    parser.add_argument("--pseudo-reliability", type=Path, default=None,
+                        help="calibration file with the reliability table (policy "
+                             "reliability; default: the label run's calibration.json)")
     parser.add_argument("--pseudo-min-confidence", type=float, default=0.0,
                         help="enhanced rows: pseudo-label pixels below it go to the teacher")
     parser.add_argument("--iters", type=int, default=300)
