@@ -165,3 +165,27 @@ def test_loop_finds_the_label_runs_table_or_falls_back(tmp_path):
     config.pseudo_reliability = str(labels.parent / "calibration.json")
     with pytest.raises(InputError, match="3 classes|2 classes"):
         pseudo_reliability(config, labels, 3)
+
+
+def test_calibrate_says_how_often_each_class_is_right(tmp_path):
+    from zsplg.calibration.run import report_calibration
+    from zsplg.runtime.progress import Reporter
+
+    pairs = make_dataset(tmp_path, 6)
+    model = ColourModel()
+    spec = load_class_spec(pairs.parent / "classes.txt")
+    calibration = calibrate(reduced(pairs, model), model, spec, mode="zero-shot", folds=2)
+    calibration.fitted_for = {"class_names": spec.names}
+    lines: list[str] = []
+
+    class Recorder(Reporter):
+        def log(self, message, level="info"):
+            lines.append(message)
+
+        def table(self, title, columns, rows):
+            lines.append(title)
+
+    report_calibration(calibration, Recorder())
+    said = next(line for line in lines if line.startswith("pseudo labels right"))
+    share = round(100 * calibration.reliability["per_class"][1])
+    assert f"red {share} %" in said and "--policy reliability" in said

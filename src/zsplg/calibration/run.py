@@ -185,3 +185,11 @@ def report_calibration(calibration: Calibration, reporter: Reporter) -> None:
                                   "top confusions on the labelled images (held-out, calibrated)")
         reporter.table(table.title, table.columns, table.rows)
         reporter.log(CONFUSION_ADVICE)
+    reliability = calibration.reliability
+    if reliability and reliability.get("per_class"):
+        names = calibration.fitted_for.get("class_names") or [
+            str(i) for i in range(len(reliability["per_class"]))]
+        shares = ", ".join(f"{name} {100 * value:.0f} %"
+                           for name, value in zip(names, reliability["per_class"], strict=False))
+        reporter.log(f"pseudo labels right on held-out labelled pixels: {shares} (`zsplg "
+                     "train --policy reliability` weights each pixel by this, per confidence)")
