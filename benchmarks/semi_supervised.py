@@ -414,6 +414,9 @@ def main() -> None:
                              "(default: semi-supervised-bench; a temporary folder with --smoke)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's; 1 with --smoke)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="write OUT/lists (labelled.txt, unlabelled.txt, val.txt; Kvasir's "
+                             "resized copy) for `zsplg label`, print their paths, and stop")
     parser.add_argument("--smoke", action="store_true",
                         help="4+4+4 CamVid images, pseudo labels by `zsplg label`, 2 "
                              "iterations a row at crop 64, one seed: checks the whole path")
@@ -462,6 +465,14 @@ def main() -> None:
     else:
         args.rows = args.rows or "supervised,unimatch,enhanced,full"
         args.out = args.out or Path("semi-supervised-bench")
+        if args.prepare_only:
+            if not args.data_root.is_dir():
+                parser.error(f"--data-root: no folder {args.data_root}")
+            files, digest = prepare(args.dataset, args.out / "lists", args.kvasir_side,
+                                    args.data_root)
+            print(json.dumps({"split_digest": digest,
+                              **{key: str(value) for key, value in files.items()}}))
+            return
         if "enhanced" in args.rows.split(",") and args.pseudo_labels is None:
             parser.error("the enhanced row needs --pseudo-labels (a `zsplg label` output folder)")
         if not args.data_root.is_dir():

@@ -36,3 +36,20 @@ def test_semi_supervised_smoke_skips_without_data(tmp_path: Path) -> None:
     assert "skipped" in result
 
 
+
+
+def test_semi_supervised_prepare_only_writes_the_voc_split(tmp_path: Path) -> None:
+    """The lists `zsplg label` needs before the enhanced row: voc2012-mini's 1/8 split."""
+    root = BENCHMARKS.parent.parent / "shared" / "data" / "voc2012-mini"
+    if not (root / "train.txt").is_file():
+        import pytest
+
+        pytest.skip("voc2012-mini not present")
+    result = run_benchmark("semi_supervised.py", "--dataset", "voc", "--prepare-only",
+                           "--data-root", str(root), "--out", str(tmp_path), timeout=120)
+    train = [x for x in (root / "train.txt").read_text().splitlines() if x.strip()]
+    labelled = Path(result["labelled"]).read_text().splitlines()
+    unlabelled = Path(result["unlabelled"]).read_text().splitlines()
+    assert len(labelled) == len(train) // 8 and len(labelled) + len(unlabelled) == len(train)
+    assert not {line.split()[0] for line in labelled} & set(unlabelled)
+    assert not any((tmp_path / name).exists() for name in ("supervised", "unimatch"))
