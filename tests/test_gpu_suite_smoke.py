@@ -35,7 +35,8 @@ def test_smoke_suite_gives_every_part_its_figures(tmp_path: Path) -> None:
     assert by_part["precision"]["result"]["names"]["bf16"]["masks_named"] > 0
     semi = by_part["semi_supervised"].get("result", {})
     if "rows" in semi:  # CamVid present: every method trained, pseudo labels found
-        assert [r["row"] for r in semi["rows"]] == ["supervised", "unimatch", "enhanced-reliability"]
+        assert [r["row"] for r in semi["rows"]] == ["supervised", "unimatch",
+                                                    "enhanced-reliability"]
         assert semi["rows"][2]["seeds"][0]["pseudo_labels_found"] == 4
     assert (out / "suite.jsonl").read_text().count("\n") == len(lines)
 
