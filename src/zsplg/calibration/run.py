@@ -24,6 +24,7 @@ from zsplg.calibration.search import calibrate
 from zsplg.calibration.settings import CalibrateConfig
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
+from zsplg.data.run_folder import CALIBRATION_FILE
 from zsplg.data.sources import read_pair_list
 from zsplg.labeling.labeller import Labeller
 from zsplg.labeling.settings import LabelConfig
@@ -32,7 +33,6 @@ from zsplg.runtime.progress import Reporter, or_silent
 
 __all__ = ["CALIBRATION_FILE", "expected_fit", "list_digest",
            "report_calibration", "run_calibrate", "use_calibration"]
-CALIBRATION_FILE = "calibration.json"
 
 
 def list_digest(pair_list: str | Path) -> str:

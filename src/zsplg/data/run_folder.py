@@ -23,6 +23,7 @@ from zsplg.data.sources import Sample, list_images, read_pair_list
 RUN_FILE = "run.json"
 LABELS = "labels"
 CONFIDENCE = "confidence"
+CALIBRATION_FILE = "calibration.json"  # written by `zsplg label --calibrate-on`
 
 
 def labels_dir(path: str | PathLike[str]) -> Path:

@@ -27,11 +27,17 @@ from torch.utils.data import DataLoader
 from zsplg import IGNORE_INDEX
 from zsplg.calibration.file import Calibration
 from zsplg.calibration.reliability import check_table, confidence_as_reliability
-from zsplg.calibration.run import CALIBRATION_FILE
 from zsplg.data.classes import ClassSpec, load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.labels import atomic_write_text
-from zsplg.data.run_folder import CONFIDENCE, CONFIG_FILE, HISTORY_FILE, LABELS, METRICS_FILE
+from zsplg.data.run_folder import (
+    CALIBRATION_FILE,
+    CONFIDENCE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    LABELS,
+    METRICS_FILE,
+)
 from zsplg.data.sources import Sample, list_images, read_pair_list
 from zsplg.metrics import ConfusionMatrix, compute_metrics
 from zsplg.runtime.device import resolve_device
@@ -118,11 +124,13 @@ def pseudo_reliability(config: TrainConfig, pseudo_dir: Path, num_classes: int
     """
     if config.pseudo_reliability:
         path = Path(config.pseudo_reliability)
-        why = check_table(Calibration.load(path).reliability, num_classes)
+        table = Calibration.load(path).reliability
+        why = check_table(table, num_classes)
         if why is not None:
             raise InputError(path, f"{why}; make it with `zsplg calibrate` on labelled images "
                                    "of these classes")
-        return Calibration.load(path).reliability or {}, str(path)
+        assert table is not None
+        return table, str(path)
     path = pseudo_dir.parent / CALIBRATION_FILE
     if path.is_file():
         table = Calibration.load(path).reliability
