@@ -22,6 +22,10 @@ Pseudo labels for `enhanced` come from a `zsplg label` output folder given by
         --pseudo-labels /path/to/label-run --out /tmp/semi
     python benchmarks/semi_supervised.py --smoke      # CI: the whole path in about a minute
 
+--curve-every N also validates every N steps and reports each seed's [step, mIoU]
+curve (to see whether a row has stopped rising at the budget); the row's figure is
+still the last validation, never the best one.
+
 Prints one JSON object on one line, the only thing on stdout (progress and an
 indented copy go to stderr): a row per method with each seed's val mIoU, their
 mean and standard deviation, and wall seconds. Runs resume: a seed already trained
@@ -70,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from splits import DATA, camvid_split, kvasir_split, voc_split  # noqa: E402
 
 from zsplg.choices import DEFAULT_TARGET_POLICY  # noqa: E402
-from zsplg.data.run_folder import CONFIG_FILE, METRICS_FILE  # noqa: E402
+from zsplg.data.run_folder import CONFIG_FILE, HISTORY_FILE, METRICS_FILE  # noqa: E402
 from zsplg.runtime.device import DeviceError, resolve_device  # noqa: E402
 from zsplg.runtime.progress import Level, Reporter, Task  # noqa: E402
 from zsplg.train.config import TrainConfig  # noqa: E402
@@ -212,6 +216,21 @@ def resolved(folder: Path) -> dict:
     return {key: settings.get(key) for key in keys}
 
 
+def curve(folder: Path) -> list[list[float]]:
+    """[step, val mIoU] for every validation the run recorded (one per --curve-every
+    steps; only the last one is the row's figure, never the best of them)."""
+    points = []
+    try:
+        lines = (folder / HISTORY_FILE).read_text().splitlines()
+    except OSError:
+        return points
+    for line in lines:
+        record = json.loads(line)
+        if "val" in record and record["val"].get("miou") is not None:
+            points.append([record["iter"], round(record["val"]["miou"], 2)])
+    return points
+
+
 def run_seed(name: str, seed: int, files: dict[str, Path], out: Path,
              args: argparse.Namespace, **settings: object) -> dict:
     """One row at one seed; a finished run in OUT is read back instead of retrained."""
@@ -222,12 +241,13 @@ def run_seed(name: str, seed: int, files: dict[str, Path], out: Path,
         if result.get("steps") == args.iters and result.get("miou") is not None:
             return {"seed": seed, "miou": round(result["miou"], 2), "seconds": None,
                     "train_seconds": result.get("seconds_this_session"), "reused": True,
-                    **resolved(folder)}
+                    "curve": curve(folder), **resolved(folder)}
     config = TrainConfig(classes=str(files["classes"]), out=str(folder),
                          val=str(files["val"]), backbone=args.backbone,
                          crop_size=args.crop, batch_size=args.batch_size, iters=args.iters,
                          head_channels=args.head_channels, lr=args.lr, workers=args.workers,
-                         seed=seed, device=args.device, amp=args.amp, val_every=args.iters,
+                         seed=seed, device=args.device, amp=args.amp,
+                         val_every=args.curve_every or args.iters,
                          checkpoint_every=max(args.iters // 10, 1), log_every=10,
                          tensorboard=False, **settings)
     print(f"{name} seed {seed}: training in {folder}", file=sys.stderr, flush=True)
@@ -241,7 +261,7 @@ def run_seed(name: str, seed: int, files: dict[str, Path], out: Path,
     return {"seed": seed, "miou": round(result["miou"], 2),
             "seconds": round(time.time() - started, 1),
             "train_seconds": result.get("seconds_this_session"), "reused": False,
-            **resolved(folder)}
+            "curve": curve(folder), **resolved(folder)}
 
 
 def run_row(name: str, files: dict[str, Path], out: Path, args: argparse.Namespace,
@@ -344,6 +364,7 @@ def summarise(args: argparse.Namespace, files: dict[str, Path], digest: str,
     summary = {"dataset": args.dataset, "data_root": str(files["root"]),
                "split_digest": digest, "iters": args.iters, "batch_size": args.batch_size,
                "crop": args.crop, "backbone": args.backbone, "lr": args.lr,
+               "curve_every": args.curve_every,
                "head_channels": args.head_channels, "seeds": args.seeds,
                "device": args.resolved_device, "amp": args.amp,
                "threads": torch.get_num_threads(),
@@ -395,6 +416,9 @@ def main() -> None:
     parser.add_argument("--pseudo-min-confidence", type=float, default=0.0,
                         help="enhanced rows: pseudo-label pixels below it go to the teacher")
     parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument("--curve-every", type=int, default=None,
+                        help="also validate every N steps and report each seed's curve "
+                             "(default: once, at the end); the figure is always the last")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.005)
@@ -426,6 +450,8 @@ def main() -> None:
         # spinning threads made the smoke 5 to 10 times slower (measured: 197 s against
         # 47 s at load 6 on 2 cores).
         args.threads = 1
+    if args.curve_every is not None and args.curve_every < 1:
+        parser.error("--curve-every must be a positive number of steps")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     try:  # one line now, not a traceback inside the first row

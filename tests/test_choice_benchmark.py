@@ -28,3 +28,20 @@ def test_each_candidate_sets_only_its_own_knob():
                           ("offsets", {"OFFSET_GRID"}), ("unknown", {"unknown"})):
         for _, setting in fewshot_choice.candidates(choose):
             assert set(setting) == knobs
+
+
+def test_semi_supervised_curve_reads_every_validation_in_the_history(tmp_path):
+    """--curve-every's points come from the run's history.jsonl, in order, skipping
+    training records and validations without a score."""
+    import json
+
+    import semi_supervised
+
+    history = [{"iter": 10, "loss": 1.0},
+               {"iter": 50, "val": {"miou": 30.004}},
+               {"iter": 100, "val": {"miou": 35.5}},
+               {"iter": 150, "val": {"miou": None}},
+               {"iter": 200, "val": {"miou": 33.0}}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    assert semi_supervised.curve(tmp_path) == [[50, 30.0], [100, 35.5], [200, 33.0]]
+    assert semi_supervised.curve(tmp_path / "missing") == []
