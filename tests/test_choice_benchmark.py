@@ -45,3 +45,14 @@ def test_semi_supervised_curve_reads_every_validation_in_the_history(tmp_path):
     (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     assert semi_supervised.curve(tmp_path) == [[50, 30.0], [100, 35.5], [200, 33.0]]
     assert semi_supervised.curve(tmp_path / "missing") == []
+
+
+def test_fewshot_choice_refuses_the_fewshot_knobs_in_zero_shot_mode():
+    """The few-shot head's knobs cannot be scored where no head is fitted: one line, 2."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(Path(fewshot_choice.__file__)), "--choose",
+                           "fewshot", "--mode", "zero-shot"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 2
+    assert "--mode few-shot or fused" in done.stderr.strip().splitlines()[-1]
