@@ -47,7 +47,8 @@ from zsplg.data.labels import read_label
 from zsplg.data.sources import read_pair_list
 from zsplg.evaluate import evaluate_folder
 from zsplg.labeling.annotate import Annotator, AnnotatorConfig
-from zsplg.labeling.run import LabelConfig, run_label, text_prompts
+from zsplg.labeling.labeller import text_prompts
+from zsplg.labeling.run import LabelConfig, run_label
 from zsplg.masks.base import MaskProposals
 from zsplg.metrics import ConfusionMatrix, compute_metrics
 from zsplg.vl.conse import ConSEBackend
