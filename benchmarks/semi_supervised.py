@@ -231,6 +231,38 @@ def curve(folder: Path) -> list[list[float]]:
     return points
 
 
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof 1; none for a single value), rounded
+    as the tables print them."""
+    array = np.asarray(values, dtype=float)
+    sd = round(float(array.std(ddof=1)), 2) if len(array) > 1 else None
+    return round(float(array.mean()), 2), sd
+
+
+def curve_mean_sd(curves: list[list[list[float]]]) -> list[list[float | None]]:
+    """[step, mean, sd] over seeds at each step that every seed validated: the row's
+    curve, so a reader sees whether the rows' order holds along the run or only at
+    its last step."""
+    if not curves or not all(curves):
+        return []
+    by_seed = [dict((int(step), value) for step, value in points) for points in curves]
+    common = sorted(set.intersection(*(set(points) for points in by_seed)))
+    return [[step, *mean_sd([points[step] for points in by_seed])] for step in common]
+
+
+def paired_difference(row: dict, reference: dict) -> dict | None:
+    """``row`` minus ``reference`` seed by seed, with mean and sd: the seeds share data
+    order and augmentation, so the paired spread is the fair yardstick for a gap
+    smaller than either row's own spread."""
+    theirs = {s["seed"]: s["miou"] for s in reference["seeds"]}
+    differences = {s["seed"]: round(s["miou"] - theirs[s["seed"]], 2)
+                   for s in row["seeds"] if s["seed"] in theirs}
+    if not differences:
+        return None
+    mean, sd = mean_sd(list(differences.values()))
+    return {"per_seed": differences, "mean": mean, "sd": sd}
+
+
 def run_seed(name: str, seed: int, files: dict[str, Path], out: Path,
              args: argparse.Namespace, **settings: object) -> dict:
     """One row at one seed; a finished run in OUT is read back instead of retrained."""
@@ -270,10 +302,10 @@ def run_row(name: str, files: dict[str, Path], out: Path, args: argparse.Namespa
     (reused seeds cost nothing)."""
     started = time.time()
     seeds = [run_seed(name, seed, files, out, args, **settings) for seed in args.seeds]
-    values = np.array([s["miou"] for s in seeds], dtype=float)
-    row = {"row": name, "mean": round(float(values.mean()), 2),
-           "sd": round(float(values.std(ddof=1)), 2) if len(values) > 1 else None,
-           "seconds": round(time.time() - started, 1), "seeds": seeds}
+    mean, sd = mean_sd([s["miou"] for s in seeds])
+    row = {"row": name, "mean": mean, "sd": sd,
+           "seconds": round(time.time() - started, 1), "seeds": seeds,
+           "curve_mean_sd": curve_mean_sd([s["curve"] for s in seeds])}
     print(json.dumps({"progress": row}), file=sys.stderr, flush=True)
     return row
 
@@ -382,6 +414,8 @@ def summarise(args: argparse.Namespace, files: dict[str, Path], digest: str,
         spread = default["sd"]
         summary["claim_default_enhanced_ahead_by_more_than_one_sd"] = (
             spread is not None and default["mean"] - unimatch["mean"] > spread)
+        summary["paired_default_enhanced_minus_unimatch"] = paired_difference(default,
+                                                                              unimatch)
     return summary
 
 

@@ -47,6 +47,23 @@ def test_semi_supervised_curve_reads_every_validation_in_the_history(tmp_path):
     assert semi_supervised.curve(tmp_path / "missing") == []
 
 
+def test_semi_supervised_curves_and_paired_gaps_are_over_the_seeds():
+    """The row's curve keeps only steps every seed validated; the paired gap pairs
+    seed with seed (not means), so a seed missing on one side is left out."""
+    import semi_supervised
+
+    curves = [[[100, 20.0], [200, 30.0]], [[100, 22.0], [200, 34.0], [300, 40.0]]]
+    assert semi_supervised.curve_mean_sd(curves) == [[100, 21.0, 1.41], [200, 32.0, 2.83]]
+    assert semi_supervised.curve_mean_sd([[[100, 20.0]], []]) == []
+    assert semi_supervised.mean_sd([31.0]) == (31.0, None)
+    row = {"seeds": [{"seed": 0, "miou": 33.0}, {"seed": 1, "miou": 30.0},
+                     {"seed": 2, "miou": 40.0}]}
+    reference = {"seeds": [{"seed": 0, "miou": 32.0}, {"seed": 1, "miou": 31.0}]}
+    paired = semi_supervised.paired_difference(row, reference)
+    assert paired == {"per_seed": {0: 1.0, 1: -1.0}, "mean": 0.0, "sd": 1.41}
+    assert semi_supervised.paired_difference(row, {"seeds": []}) is None
+
+
 def test_fewshot_choice_refuses_the_fewshot_knobs_in_zero_shot_mode():
     """The few-shot head's knobs cannot be scored where no head is fitted: one line, 2."""
     import subprocess
