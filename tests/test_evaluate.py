@@ -251,6 +251,24 @@ def test_cli_eval_with_no_matching_prediction_fails_in_one_line(tmp_path):
     assert not (preds / "eval.json").exists()
 
 
+def test_cli_eval_takes_a_label_run_folder_as_pred(tmp_path):
+    """OUT of `zsplg label` as --pred scores OUT/labels: labels/ and confidence/ hold
+    twins of every key, which would otherwise make every match ambiguous."""
+    preds, pairs, classes = _eval_workspace(tmp_path, ["voc", "cat"])
+    run = tmp_path / "run"
+    preds.rename(_mkdir(run) / "labels")
+    from zsplg.data.labels import write_confidence_png
+
+    for name in ("voc", "cat"):
+        write_confidence_png(run / "confidence" / f"{name}.png",
+                             np.ones((2, 2), np.float32))
+    (run / "run.json").write_text("{}")
+    result = invoke("eval", "--pred", run, "--list", pairs, "--classes", classes)
+    assert result.exit_code == 0, result.output
+    assert "scored 2 of 2 images" in result.output
+    assert json.loads((run / "eval.json").read_text())["miou"] == pytest.approx(100.0)
+
+
 def test_cli_eval_where_every_matched_image_fails_exits_1(tmp_path):
     preds, pairs, classes = _eval_workspace(tmp_path, ["voc"])
     _palette_png(preds / "voc.png", np.zeros((3, 3), np.uint8))  # wrong size

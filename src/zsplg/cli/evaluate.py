@@ -10,7 +10,8 @@ from zsplg.cli.settings import CommandSettings
 from zsplg.evaluate import EvalConfig
 
 HELP = {
-    "pred": "Folder of predicted index PNGs (KEY.png), e.g. a `zsplg label` output's labels.",
+    "pred": "Folder of predicted index PNGs (KEY.png), or a `zsplg label` output folder "
+            "(its labels/ are scored).",
     "pair_list": "Pair-list with ground-truth labels.",
     "classes": "classes.txt or a YAML class spec.",
     "json_path": "Metrics JSON (default: next to PRED).",
