@@ -24,7 +24,7 @@ from zsplg.data.classes import load_class_spec
 from zsplg.data.errors import InputError
 from zsplg.data.images import image_size
 from zsplg.data.labels import LabelModeError, atomic_write_text, read_index_array
-from zsplg.data.run_folder import CONFIDENCE, LABELS, RUN_FILE, list_label_keys, match_samples
+from zsplg.data.run_folder import CONFIDENCE, labels_dir, list_label_keys, match_samples
 from zsplg.data.sources import read_pair_list
 from zsplg.metrics import (
     CONFUSION_ADVICE,
@@ -347,11 +347,11 @@ def run_eval(config: EvalConfig, reporter: Reporter | None = None) -> tuple[dict
     samples = read_pair_list(config.pair_list)
     if not pred_dir.is_dir():
         raise InputError(str(pred_dir), "predictions folder not found")
-    if (pred_dir / RUN_FILE).is_file() and (pred_dir / LABELS).is_dir():
-        # a `zsplg label` OUT folder: its labels/ are the predictions (matching keys in
-        # OUT itself would find labels/ and confidence/ twins and score nothing)
-        pred_dir = pred_dir / LABELS
-        reporter.log(f"--pred is a `zsplg label` folder: scoring {pred_dir}")
+    # a `zsplg label` OUT folder: its labels/ are the predictions (matching keys in
+    # OUT itself would find labels/ and confidence/ twins and score nothing)
+    if (resolved := labels_dir(pred_dir)) != pred_dir:
+        reporter.log(f"--pred is a `zsplg label` folder: scoring {resolved}")
+        pred_dir = resolved
     labelled = [s for s in samples if s.label]
     if not labelled:
         raise InputError(str(config.pair_list), "no line names a ground-truth label")
