@@ -263,11 +263,14 @@ def test_auto_mode_compares_modes_and_few_shot_learns_the_colours(dataset):
     calibration = calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None,
                             progress=lambda done, total: ticks.append((done, total)))
     # 3 cross-fitted heads, and per outer fold 3 heads that never saw it; per outer fold
-    # 3 modes fitted on the other folds and, to choose among them, 3 modes x 2 inner
-    # folds; then the chosen mode fitted on everything: 3 + 9 + 27 + 1
-    assert ticks == [(i, 40) for i in range(1, 41)]
+    # 4 modes (the defaults included) fitted on the other folds and, to choose among
+    # them, 4 modes x 2 inner folds; then the chosen mode fitted on everything:
+    # 3 + 9 + 36 + 1
+    assert ticks == [(i, 49) for i in range(1, 50)]
     modes = calibration.report["modes"]
-    assert set(modes) == {"zero-shot", "few-shot", "fused"}
+    assert set(modes) == {"uncalibrated", "zero-shot", "few-shot", "fused"}
+    # nothing is fitted for the defaults: their held-out figure is "before"
+    assert modes["uncalibrated"] == calibration.report["before"]
     assert modes["few-shot"]["miou"] > 90
     assert calibration.mode in ("few-shot", "fused") and calibration.head is not None
     # "after" is the nested estimate of choosing, not the best of the modes' estimates
@@ -276,6 +279,37 @@ def test_auto_mode_compares_modes_and_few_shot_learns_the_colours(dataset):
     if len(set(selected)) == 1:
         assert calibration.report["after"]["miou"] == modes[selected[0]]["miou"]
     assert calibration.report["after"]["miou"] > 90
+
+
+def test_auto_mode_keeps_the_defaults_when_fitting_loses(dataset, monkeypatch):
+    """A fit that always returns worse settings than the defaults: auto keeps the defaults,
+    and the file then changes no score but still holds the reliability table."""
+    from zsplg.calibration import search
+
+    model = ColourModel()  # the defaults already name every colour
+    spec = load_class_spec(dataset.parent / "classes.txt")
+    lset = reduced(dataset, model)
+    real_fit = search._Problem.fit
+
+    def bad_fit(self, image_indices, mode, fewshot, tune_offsets=True):
+        setting = real_fit(self, image_indices, mode, fewshot, tune_offsets=False)
+        if mode == "uncalibrated":
+            return setting
+        offsets = np.zeros_like(setting.offsets)
+        offsets[1] = 50.0  # red beats everything
+        return search._Setting(*self.default_key, weight=setting.weight, offsets=offsets)
+
+    monkeypatch.setattr(search._Problem, "fit", bad_fit)
+    calibration = calibrate(lset, model, spec, mode="auto", folds=3, log=lambda m: None)
+    report = calibration.report
+    assert report["chosen"] == "uncalibrated" and calibration.mode == "uncalibrated"
+    assert set(report["selected_per_fold"]) == {"uncalibrated"}
+    assert report["after"] == report["before"]
+    assert all(report["modes"][m]["miou"] < report["before"]["miou"]
+               for m in ("zero-shot", "few-shot", "fused"))
+    assert calibration.head is None and not any(calibration.offsets)
+    assert calibration.background_threshold == model.default_threshold
+    assert calibration.reliability is not None
 
 
 def test_conse_fast_scorer_equals_class_probabilities():

@@ -17,4 +17,4 @@ TARGET_POLICIES = ("reliability", "replace", "confident-teacher", "agreement")
 # policy that uses what the labelled images say about the pseudo labels.
 DEFAULT_TARGET_POLICY = "reliability"
 
-CALIBRATION_MODES = ("auto", "zero-shot", "few-shot", "fused")
+CALIBRATION_MODES = ("auto", "zero-shot", "few-shot", "fused", "uncalibrated")

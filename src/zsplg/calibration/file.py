@@ -33,7 +33,7 @@ class CalibrationError(ValueError):
 class Calibration:
     """What `zsplg label --calibration FILE` applies, and what it was fitted for."""
 
-    mode: str  # "zero-shot", "few-shot" or "fused"
+    mode: str  # "zero-shot", "few-shot", "fused" or "uncalibrated" (the defaults kept)
     templates: list[str]
     template_set: str
     background_threshold: float

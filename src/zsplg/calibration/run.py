@@ -166,9 +166,12 @@ def run_calibrate(config: CalibrateConfig, reporter: Reporter | None = None,
 def report_calibration(calibration: Calibration, reporter: Reporter) -> None:
     """Before/after cross-validated mIoU per mode, and where the labeller still errs."""
     report = calibration.report
-    rows = [["uncalibrated zero-shot", f"{report['before']['miou']:.2f}",
+    kept = " (chosen)" if report["chosen"] == "uncalibrated" else ""
+    rows = [[f"uncalibrated zero-shot{kept}", f"{report['before']['miou']:.2f}",
              f"{report['before']['coverage']:.1f} %"]]
     for mode, figures in report["modes"].items():
+        if mode == "uncalibrated":  # nothing fitted: its held-out figure is the row above
+            continue
         chosen = " (chosen)" if mode == report["chosen"] else ""
         rows.append([f"{mode}, held-out{chosen}", f"{figures['miou']:.2f}",
                      f"{figures['coverage']:.1f} %"])

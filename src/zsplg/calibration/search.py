@@ -3,7 +3,11 @@
 Zero-shot labelling guesses its background threshold, temperature, prompt
 templates and class biases. Given labelled images, `calibrate` chooses them to
 maximise the pseudo labels' mIoU, and can add a few-shot head
-(`zsplg.calibration.fewshot`) fused with the zero-shot scores. Every labelled image is
+(`zsplg.calibration.fewshot`) fused with the zero-shot scores. Fitting can also
+make the labeller worse: with few images per class, per-class offsets and heads
+overfit. So mode "auto" also keeps the labeller's own defaults ("uncalibrated")
+as a candidate, chosen like the others; nothing is fitted for it, and the file
+then carries only the held-out reliability table. Every labelled image is
 reduced once (`zsplg.calibration.labelled_set`), so a trial paints no pixel.
 
 Honesty: the labelled images are split into k folds. For each fold, every
@@ -49,6 +53,7 @@ from zsplg.vl.base import DenseVisionLanguageModel, thresholded_softmax
 from zsplg.vl.prompts import DEFAULT_TEMPLATES
 
 MODES = CALIBRATION_MODES
+AUTO_MODES = ("uncalibrated", "zero-shot", "few-shot", "fused")
 # Candidate prompt-template sets; "default" is what uncalibrated labelling uses.
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "default": DEFAULT_TEMPLATES,
@@ -194,8 +199,10 @@ class _Problem:
     def fit(self, image_indices: np.ndarray, mode: str, fewshot: np.ndarray | None,
             tune_offsets: bool = True) -> _Setting:
         """Best setting on the given images (grid, then offsets by coordinate ascent)."""
-        sub = _Subset(self, image_indices)
         zeros = np.zeros(len(self.column_ids), dtype=np.float32)
+        if mode == "uncalibrated":  # the labeller's defaults: nothing to fit
+            return _Setting(*self.default_key, weight=0.0, offsets=zeros)
+        sub = _Subset(self, image_indices)
         weights = {"zero-shot": (0.0,), "few-shot": (1.0,), "fused": FEWSHOT_WEIGHTS}[mode]
         keys = [self.default_key] if mode == "few-shot" else list(self.zero_shot)
         best, best_score = None, -1.0
@@ -318,12 +325,14 @@ def calibrate(lset: LabelledSet, model: DenseVisionLanguageModel, spec: ClassSpe
               progress: Callable[[int, int], None] | None = None) -> Calibration:
     """Cross-validate every mode asked for, then fit the chosen one on all images.
 
-    mode "auto" compares zero-shot, few-shot and fused by cross-validated mIoU
-    and keeps the best; the report holds every mode's figures.
+    mode "auto" compares the uncalibrated defaults, zero-shot, few-shot and fused
+    by cross-validated mIoU and keeps the best; the report holds every mode's
+    figures.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    modes = ("zero-shot", "few-shot", "fused") if mode == "auto" else (mode,)
+    # the defaults first: on a tie, nothing fitted beats something fitted
+    modes = AUTO_MODES if mode == "auto" else (mode,)
     fitted = calibrate_modes(lset, model, spec, modes, overlap, uncovered, unknown, folds, seed,
                              template_sets, log, final="best", progress=progress)
     return next(iter(fitted.values()))
@@ -347,7 +356,7 @@ def calibrate_modes(lset: LabelledSet, model: DenseVisionLanguageModel, spec: Cl
     template_sets = template_sets or TEMPLATE_SETS
     assignment = make_folds(len(lset), folds, seed)
     num_folds = int(assignment.max() + 1)
-    uses_head = bool(set(modes) - {"zero-shot"})
+    uses_head = bool(set(modes) - {"zero-shot", "uncalibrated"})
     choosing = len(modes) > 1
     total_steps = ((num_folds * (num_folds + 1) if uses_head else 0)
                    + len(modes) * num_folds * (num_folds if choosing else 1)

@@ -19,7 +19,8 @@ HELP = {
     "out": "Calibration file to write (JSON).",
     "masks": "Mask generator, as for `label` (calibrate with the backends you label with).",
     "vl": "Vision-language backend, as for `label`.",
-    "mode": "auto (best of the three by cross-validated mIoU), zero-shot, few-shot or fused.",
+    "mode": "auto (whichever of the other four scores best, cross-validated), zero-shot, few-shot, "
+            "fused, or uncalibrated (keep the defaults; only the reliability table is fitted).",
     "folds": "Cross-validation folds over the labelled images.",
     "seed": "Seed of the fold split.",
     "cache_dir": "Keep each labelled image's masks, features and ground truth here, so "
